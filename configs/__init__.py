@@ -1,0 +1,223 @@
+"""Configuration: nested dataclasses and the paper's presets.
+
+Every official default is a named field with the spec section it comes from. ``get_preset(name)`` returns a
+fresh ``Config``; ``override(cfg, ["training.batch_size=64", ...])`` applies dotted overrides;
+``to_dict`` / ``from_dict`` round-trip a config through JSON (it is saved beside every run and in checkpoints).
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    patch_size: int = 64                    # §1.1 (64 | 128 | 256 in the official code)
+    model_channels: int = 64                # §1.1 net_ch (128 for patch 128/256, §1.4)
+    channel_mult: tuple = (1, 2, 4, 8)      # §1.1 (§1.4 for 128/256)
+    num_res_blocks: int = 2                 # §1.1: 2 encoder / 3 decoder blocks per level
+    attention_levels: tuple = (2,)          # §1.1 quirk: the counter starting at 64 selects level 2 for every patch
+    embed_channels: int = 512               # §1.1 time (256) + position (256)
+    pos_sinusoid: int = 64                  # §2.3 per axis, hard-coded 64 (position MLP input 128)
+    code_dim: int = 512                     # §2.5 semantic code width
+    dropout: float = 0.1                    # §1.1
+    code_source: str = "table"              # §2.5: "table" (CLIP-initialised, 1024 data) | "encoder" (256 data)
+    encoder_channels: int = 64              # §3.3 image encoder base width
+    encoder_mult: tuple = (1, 2, 4, 8, 8)   # §3.3 (§1.4 for 128/256)
+    encoder_attention_levels: tuple = (2,)  # §3.3 nominal-resolution quirk again
+
+
+@dataclass
+class DiffusionConfig:
+    num_timesteps: int = 1000               # §5.2 T
+    beta_start: float = 1e-4                # §5.2 linear schedule, float64
+    beta_end: float = 0.02
+
+
+@dataclass
+class DataConfig:
+    image_size: tuple = (512, 1024)         # §5.3 training image (H, W)
+    transform: str = "nature"               # §5.3: nature | resize | resize_crop
+    resize: tuple = (512, 1280)             # §5.3 nature: exact resize before the centre crop
+    num_workers: int = 4                    # §9.2
+
+
+@dataclass
+class TrainingConfig:
+    batch_size: int = 96                    # §11 train.py default (global batch)
+    lr: float = 1e-4                        # §5.2 Adam
+    weight_decay: float = 0.0               # §5.2
+    grad_clip: float = 1.0                  # §5.2 global L2 norm
+    ema_decay: float = 0.9999               # §5.2 constant from step 0
+    precision: str = "fp16"                 # §5.2 fp16 AMP
+    cfg: bool = False                       # §6 classifier-free-guidance dropout
+    cfg_code_drop: float = 0.1              # §6 code dropped when r < 0.1
+    cfg_pos_drop: float = 0.5               # §6 position dropped when r < 0.5
+    code_grad_scale: float = 1.0            # §3.2 hack: 0.5 for the LHQ (90000, 512) table, after clipping
+    save_every_samples: int = 100_000       # §5.2
+    sample_every_samples: int = 500_000     # §5.2
+    max_steps: int = 0                      # 0 = unbounded (official: 2e9 // batch)
+    seed: int = 0                           # §5.2
+
+
+@dataclass
+class LatentConfig:
+    hidden: int = 2048                      # §8 MLPSkipNet width
+    num_layers: int = 10                    # §8
+    time_sinusoid: int = 64                 # §8
+    num_timesteps: int = 1000               # §8
+    beta: float = 0.008                     # §8 constant beta
+    lr: float = 1e-4                        # §8 AdamW
+    weight_decay: float = 0.01              # §8
+    batch_size: int = 512                   # §8
+    total_samples: int = 60_000_000         # §8
+    save_every_samples: int = 5_000_000     # §8
+    ema_decay: float = 0.9999               # §8
+    grad_clip: float = 1.0                  # §8
+    znormalize: bool = False                # §8 (commit 7abc7dd)
+
+
+@dataclass
+class SamplingConfig:
+    image_size: tuple = (512, 1024)         # §11 test.py default (H, W)
+    steps: int = 50                         # §7 ddim50
+    latent_steps: int = 50                  # §8 ddim50
+    cfg_scale: float = 0.0                  # §6: 0 = no guidance; the official w is 0.5 when enabled
+    clip_x0: bool = True                    # §7
+
+
+@dataclass
+class Config:
+    name: str = "nature"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+# Official channel tables per patch size (spec §1.4): (net_ch, unet mult, image-encoder mult).
+PATCH_ARCH = {
+    64: (64, (1, 2, 4, 8), (1, 2, 4, 8, 8)),
+    128: (128, (1, 1, 2, 3, 4), (1, 1, 2, 3, 4, 4)),
+    256: (128, (1, 1, 2, 2, 4, 4), (1, 1, 2, 2, 4, 4, 4)),
+}
+
+
+def set_patch_size(cfg: Config, patch_size: int) -> Config:
+    """Switch the U-Net and encoder to the official architecture for ``patch_size`` (spec §1.4)."""
+    if patch_size not in PATCH_ARCH:
+        raise ValueError(f"patch size {patch_size} has no official architecture; choose one of {sorted(PATCH_ARCH)}")
+    ch, mult, enc_mult = PATCH_ARCH[patch_size]
+    m = cfg.model
+    m.patch_size, m.model_channels, m.channel_mult = patch_size, ch, mult
+    m.encoder_channels, m.encoder_mult = ch, enc_mult
+    return cfg
+
+
+def _paper(name, image_size, transform, resize=None, code_source="table", cfg=False, grad_scale=1.0):
+    c = Config(name=name)
+    c.data = DataConfig(image_size=image_size, transform=transform, resize=resize or image_size)
+    c.model.code_source = code_source
+    c.training.cfg = cfg
+    c.training.code_grad_scale = grad_scale
+    c.sampling.image_size = image_size
+    # The official w = 0.5 is used where the model was trained with CFG dropout (spec §6).
+    c.sampling.cfg_scale = 0.5 if cfg else 0.0
+    return c
+
+
+def _tiny() -> Config:
+    """Runs on a 2-core CPU in seconds: patch 8, widths 8-16, a 16x24 canvas (a 2x3 patch grid)."""
+    c = Config(name="tiny")
+    c.model = ModelConfig(patch_size=8, model_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1,
+                          attention_levels=(2,), embed_channels=32, pos_sinusoid=8, code_dim=16, dropout=0.0,
+                          encoder_channels=8, encoder_mult=(1, 2, 2), encoder_attention_levels=(2,))
+    c.data = DataConfig(image_size=(16, 24), transform="resize_crop", resize=(16, 24), num_workers=0)
+    c.training = TrainingConfig(batch_size=4, precision="fp32", save_every_samples=8, sample_every_samples=8)
+    c.latent = LatentConfig(hidden=32, num_layers=3, time_sinusoid=16, batch_size=8, total_samples=64,
+                            save_every_samples=32)
+    c.sampling = SamplingConfig(image_size=(16, 24), steps=5, latent_steps=5)
+    return c
+
+
+_BASE = {
+    # §5.3: "nature1024" is 1024 wide x 512 tall: resize to 512x1280, centre crop 512x1024; code table, no CFG.
+    "nature": lambda: _paper("nature", (512, 1024), "nature", resize=(512, 1280)),
+    # §3.2: the LHQ table's gradient is halved (the official shape-(90000, 512) hack).
+    "lhq1024": lambda: _paper("lhq1024", (1024, 1024), "resize", grad_scale=0.5),
+    "ffhq1024": lambda: _paper("ffhq1024", (1024, 1024), "resize"),
+    # §5.3: 256 data use the jointly trained image encoder and CFG dropout.
+    "ffhq256": lambda: _paper("ffhq256", (256, 256), "resize", code_source="encoder", cfg=True),
+    "church256": lambda: _paper("church256", (256, 256), "resize_crop", code_source="encoder", cfg=True),
+    "bedroom256": lambda: _paper("bedroom256", (256, 256), "resize_crop", code_source="encoder", cfg=True),
+}
+
+
+def preset_names() -> list:
+    names = ["tiny"]
+    for base in _BASE:
+        names += [base, f"{base}-p128", f"{base}-p256"]
+    return names
+
+
+def get_preset(name: str) -> Config:
+    """A fresh config for a preset: tiny, or one of the paper's datasets optionally suffixed -p128 / -p256."""
+    if name == "tiny":
+        return _tiny()
+    base, _, suffix = name.partition("-p")
+    if base not in _BASE or (suffix and suffix not in ("128", "256")):
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())}")
+    cfg = _BASE[base]()
+    cfg.name = name
+    return set_patch_size(cfg, int(suffix)) if suffix else cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict, cls=Config):
+    """Inverse of to_dict; lists become tuples where the field default is a tuple; unknown keys are errors."""
+    kwargs = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in d.items():
+        if key not in fields:
+            raise ValueError(f"unknown config field {cls.__name__}.{key}")
+        default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING \
+            else fields[key].default
+        if dataclasses.is_dataclass(default):
+            value = from_dict(value, type(default))
+        elif isinstance(default, tuple):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def override(cfg: Config, assignments) -> Config:
+    """Apply ``section.field=value`` strings (value parsed as a Python literal, else kept as a string)."""
+    cfg = copy.deepcopy(cfg)
+    for item in assignments:
+        path, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not of the form section.field=value")
+        *parents, leaf = path.strip().split(".")
+        obj = cfg
+        for p in parents:
+            if not hasattr(obj, p):
+                raise ValueError(f"override {item!r}: no config section {p!r}")
+            obj = getattr(obj, p)
+        if not dataclasses.is_dataclass(obj) or leaf not in {f.name for f in dataclasses.fields(obj)}:
+            raise ValueError(f"override {item!r}: no config field {path!r}")
+        try:
+            value = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            value = raw.strip()
+        if isinstance(getattr(obj, leaf), tuple) and isinstance(value, list):
+            value = tuple(value)
+        setattr(obj, leaf, value)
+    return cfg

@@ -1,0 +1,139 @@
+"""The denoiser over patch grids: one canvas evaluation (sampling) and the two-term window loss (training).
+
+Both go through ``encode_grid`` and ``decode_collaged`` so training and sampling cannot drift apart (spec §4, §5.1).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from model.collage import collage, crop_half, grid_positions, pad_half, split, stitch
+from .schedule import Schedule, linear_betas
+
+
+_DEFAULT = {}
+
+
+def default_schedule() -> Schedule:
+    """The official image schedule: linear betas 1e-4..0.02, T = 1000 (spec §5.2); built once."""
+    if "linear" not in _DEFAULT:
+        _DEFAULT["linear"] = Schedule(linear_betas())
+    return _DEFAULT["linear"]
+
+
+def _per_patch(v: torch.Tensor | None, n: int):
+    """Repeat a per-image tensor (B, ...) for the n patches of each image -> (B*n, ...)."""
+    return None if v is None else v.repeat_interleave(n, dim=0)
+
+
+def encode_grid(unet, patches, grid, origin, t, code, pos_keep=None):
+    """Encoder half + middle on a padded grid of patches.
+
+    patches (B*rows*cols, 3, p, p) ordered (image, row, col); grid (rows, cols); origin (row0, col0) is the padded-grid
+    index of the first patch (integer encoder positions row0+r, col0+c, spec §2.3); t (B,); code (B, D);
+    pos_keep (B,) or None. Returns (h, skips, emb, code_patch) of the patches.
+    """
+    b, n = t.shape[0], grid[0] * grid[1]
+    pos = (grid_positions(*grid, device=t.device) + torch.tensor(origin, device=t.device, dtype=torch.float32))
+    emb = unet.embed(_per_patch(t, n), pos.repeat(b, 1), _per_patch(pos_keep, n))
+    code_p = _per_patch(code, n)
+    h, skips = unet.encode(patches, emb, code_p)
+    return h, skips, emb, code_p
+
+
+def decode_collaged(unet, h, skips, grid, origin, t, code, pos_keep=None):
+    """Collage the bottleneck and every skip of a padded grid, then decode the (rows-1)x(cols-1) shifted tiles.
+
+    Decoder positions are origin + (i + 0.5, j + 0.5) (spec §2.3). Returns eps (B*(rows-1)*(cols-1), 3, p, p).
+    """
+    b = t.shape[0]
+    inner = (grid[0] - 1, grid[1] - 1)
+    n = inner[0] * inner[1]
+    pos = grid_positions(*inner, offset=0.5, device=t.device) + torch.tensor(origin, device=t.device,
+                                                                            dtype=torch.float32)
+    emb = unet.embed(_per_patch(t, n), pos.repeat(b, 1), _per_patch(pos_keep, n))
+    return unet.decode(collage(h, grid), [collage(s, grid) for s in skips], emb, _per_patch(code, n))
+
+
+def check_canvas(h: int, w: int, p: int) -> None:
+    if h % p or w % p:
+        raise ValueError(f"canvas {h}x{w} (HxW) is not divisible by the patch size {p}: both sides must be "
+                         f"multiples of {p}")
+
+
+def canvas_eps(unet, x_t: torch.Tensor, t: torch.Tensor, code: torch.Tensor, patch_size: int,
+               pos_keep: torch.Tensor | None = None) -> torch.Tensor:
+    """One denoiser evaluation over whole canvases.
+
+    x_t (B, 3, H, W); t (B,) original integer timesteps; code (B, D); pos_keep (B,) 0/1 (CFG) or None.
+    Pad by p/2, encode the (N+1)x(M+1) padded grid at integer positions, collage, decode the N x M tiles at
+    half-integer positions, stitch. Returns eps (B, 3, H, W).
+    """
+    p = patch_size
+    b, _, h, w = x_t.shape
+    check_canvas(h, w, p)
+    grid = (h // p + 1, w // p + 1)
+    patches = split(pad_half(x_t, p), p)
+    hid, skips, _, _ = encode_grid(unet, patches, grid, (0, 0), t, code, pos_keep)
+    eps = decode_collaged(unet, hid, skips, grid, (0, 0), t, code, pos_keep)
+    return stitch(eps, (grid[0] - 1, grid[1] - 1))
+
+
+def guided_canvas_eps(unet, x_t, t, code, patch_size, cfg_scale: float = 0.0):
+    """eps with classifier-free guidance: (1 + w) eps(code, pos) - w eps(0, null pos) (spec §6).
+
+    Faithful: the unconditional half drops both the code (zeroed) and the positions (zeroed sinusoids). w = 0 runs
+    the conditional model only.
+    """
+    if cfg_scale == 0:
+        return canvas_eps(unet, x_t, t, code, patch_size)
+    b = x_t.shape[0]
+    keep = torch.cat([torch.ones(b, device=x_t.device), torch.zeros(b, device=x_t.device)])
+    eps = canvas_eps(unet, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([code, torch.zeros_like(code)]),
+                     patch_size, pos_keep=keep)
+    eps_c, eps_u = eps[:b], eps[b:]
+    return (1 + cfg_scale) * eps_c - cfg_scale * eps_u
+
+
+def window_slice(window, p: int):
+    """Pixel slices of a 2x2-patch window with top-left padded-grid index window = (row, col)."""
+    r, c = window
+    return slice(r * p, (r + 2) * p), slice(c * p, (c + 2) * p)
+
+
+def patch_loss_terms(unet, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, window, code: torch.Tensor,
+                     patch_size: int | None = None, pos_keep: torch.Tensor | None = None,
+                     schedule: Schedule | None = None):
+    """The official two-term patch loss for one 2x2 window of the padded grid (spec §5.1).
+
+    x0 (B, 3, H, W) in [-1, 1]; t (B,) in 0..T-1; noise (B, 3, H+p, W+p) over the padded canvas; window (row, col)
+    with row in 0..H/p-1, col in 0..W/p-1; code (B, D) (already zeroed where CFG drops it); pos_keep (B,) or None.
+    patch_size defaults to the padding, noise width minus x0 width. schedule defaults to the linear T=1000 one.
+    Returns (shift_term, noshift_term), scalars:
+      shift   = mean_b mean_chw (eps_centre - pred_shift)^2, the collaged pass for original patch (row, col);
+      noshift = mean_4B mean_chw ((eps - pred)^2 * mask), the plain pass over the 4 window patches, padding masked,
+                divided by all 3 p^2 elements.
+    """
+    p = patch_size or (noise.shape[-1] - x0.shape[-1])
+    sched = schedule or default_schedule()
+    b, _, h, w = x0.shape
+    check_canvas(h, w, p)
+    if noise.shape[-2:] != (h + p, w + p):
+        raise ValueError(f"noise must cover the padded canvas {(h + p, w + p)}, got {tuple(noise.shape[-2:])}")
+    row, col = window
+    if not (0 <= row < h // p and 0 <= col < w // p):
+        raise ValueError(f"window {window} outside the {h // p}x{w // p} grid of window positions")
+    mask = pad_half(torch.ones(b, 1, h, w, device=x0.device, dtype=x0.dtype), p)
+    # Faithful: x_t over the padded canvas, then the padding is zeroed (as at sampling time).
+    x_t = sched.q_sample(pad_half(x0, p), t, noise) * mask
+    rs, cs = window_slice(window, p)
+    x_win, eps_win, mask_win = x_t[..., rs, cs], noise[..., rs, cs], mask[..., rs, cs]
+
+    h_mid, skips, emb, code_p = encode_grid(unet, split(x_win, p), (2, 2), window, t, code, pos_keep)
+    pred_shift = decode_collaged(unet, h_mid, skips, (2, 2), window, t, code, pos_keep)
+    pred_plain = unet.decode(h_mid, skips, emb, code_p)
+
+    eps_centre = crop_half(eps_win, p)
+    shift_term = ((eps_centre - pred_shift.float()) ** 2).mean()
+    noshift_term = (((split(eps_win, p) - pred_plain.float()) ** 2) * split(mask_win, p)).mean()
+    return shift_term, noshift_term

@@ -1,0 +1,98 @@
+"""Samplers: DDIM (eta 0) and DDPM ancestral, over canvases of any size and over latent codes (spec §7, §8).
+
+A sampler takes ``eps_fn(x_t, t) -> eps`` (t the original timestep indices, (B,) long) so the same loop serves the
+patch canvas and the latent MLP.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from .patch import default_schedule, guided_canvas_eps
+from .schedule import Schedule, const_betas
+
+
+def ddim_step(sched: Schedule, x: torch.Tensor, i: int, eps: torch.Tensor, clip_x0: bool) -> torch.Tensor:
+    """One eta = 0 DDIM update from step i to i-1 of a respaced schedule (guided-diffusion arithmetic, fp32).
+
+    Faithful: x0 is predicted, optionally clipped to [-1, 1], and eps re-derived from the clipped x0 (spec §7).
+    """
+    x0 = sched.predict_x0(x, i, eps)
+    if clip_x0:
+        x0 = x0.clamp(-1, 1)
+    eps = sched.eps_from_x0(x, i, x0)
+    abar_prev = Schedule.at(sched.alphas_cumprod_prev, i, x)
+    return x0 * torch.sqrt(abar_prev) + torch.sqrt(1 - abar_prev) * eps
+
+
+def ddim_loop(eps_fn, x_T: torch.Tensor, sched: Schedule, clip_x0: bool, progress: bool = False) -> torch.Tensor:
+    """Run DDIM over every step of the (respaced) schedule, from x_T to x_0."""
+    x = x_T
+    for i in tqdm(range(sched.num_timesteps - 1, -1, -1), disable=not progress, desc="DDIM", leave=False):
+        eps = eps_fn(x, sched.model_t(i, x.shape[0], x.device))
+        x = ddim_step(sched, x, i, eps.to(x.dtype), clip_x0)
+    return x
+
+
+@torch.no_grad()
+def ddim_sample_canvas(unet, x_T: torch.Tensor, code: torch.Tensor, steps: int = 50, patch_size: int = 64,
+                       cfg_scale: float = 0.0, schedule: Schedule | None = None, clip_x0: bool = True,
+                       progress: bool = False) -> torch.Tensor:
+    """DDIM (eta 0, x0 clipped) over whole canvases with the stitched patch eps (spec §7).
+
+    x_T (B, 3, H, W) with H, W multiples of patch_size; code (B, D); cfg_scale w as in guided_canvas_eps.
+    Returns x0 (B, 3, H, W) in [-1, 1].
+    """
+    sched = (schedule or default_schedule()).respace(steps)
+
+    def eps_fn(x, t):
+        return guided_canvas_eps(unet, x, t, code, patch_size, cfg_scale)
+
+    return ddim_loop(eps_fn, x_T, sched, clip_x0, progress)
+
+
+@torch.no_grad()
+def ddpm_sample_canvas(unet, x_T: torch.Tensor, code: torch.Tensor, patch_size: int = 64, steps: int = 1000,
+                       cfg_scale: float = 0.0, schedule: Schedule | None = None, generator=None,
+                       progress: bool = False) -> torch.Tensor:
+    """DDPM ancestral sampling with the 'fixed_large' variance and clipped x0 (official in-training previews)."""
+    sched = (schedule or default_schedule()).respace(steps)
+    x = x_T
+    for i in tqdm(range(sched.num_timesteps - 1, -1, -1), disable=not progress, desc="DDPM", leave=False):
+        eps = guided_canvas_eps(unet, x, sched.model_t(i, x.shape[0], x.device), code, patch_size, cfg_scale)
+        x0 = sched.predict_x0(x, i, eps.to(x.dtype)).clamp(-1, 1)
+        mean = Schedule.at(sched.posterior_mean_coef1, i, x) * x0 + Schedule.at(sched.posterior_mean_coef2, i, x) * x
+        if i > 0:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = mean + torch.exp(0.5 * Schedule.at(sched.fixed_large_log_variance, i, x)) * noise
+        else:
+            x = mean
+    return x
+
+
+_LATENT = {}
+
+
+def latent_schedule(num_timesteps: int = 1000, beta: float = 0.008) -> Schedule:
+    """The latent DDPM's constant-beta schedule (spec §8)."""
+    key = (num_timesteps, beta)
+    if key not in _LATENT:
+        _LATENT[key] = Schedule(const_betas(num_timesteps, beta))
+    return _LATENT[key]
+
+
+@torch.no_grad()
+def ddim_sample_latent(latent_net, z_T: torch.Tensor, steps: int = 50, schedule: Schedule | None = None,
+                       progress: bool = False) -> torch.Tensor:
+    """DDIM (eta 0, no clipping) through the latent MLP with its own schedule: z_T (B, D) -> codes (B, D)."""
+    sched = (schedule or latent_schedule()).respace(steps)
+    return ddim_loop(lambda z, t: latent_net(z, t), z_T, sched, clip_x0=False, progress=progress)
+
+
+def latent_loss(latent_net, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                schedule: Schedule | None = None) -> torch.Tensor:
+    """Latent DDPM loss: L1 between eps and the MLP's prediction, mean over dims then batch (spec §8)."""
+    sched = schedule or latent_schedule()
+    z_t = sched.q_sample(z0, t, noise)
+    return (noise - latent_net(z_t, t).float()).abs().mean()

@@ -1,0 +1,39 @@
+"""Patch-DM networks: the patch U-Net, semantic-code sources, the latent MLP, and official-checkpoint loading."""
+
+from __future__ import annotations
+
+from .encoder import CodeTable, ImageEncoder
+from .latent import LatentMLP
+from .official import LoadedModel, load_official_checkpoint
+from .safe_load import CheckpointError, read_checkpoint
+from .unet import PatchUNet
+
+__all__ = ["PatchUNet", "ImageEncoder", "CodeTable", "LatentMLP", "LoadedModel", "CheckpointError",
+           "load_official_checkpoint", "read_checkpoint", "build_unet", "build_encoder", "build_latent",
+           "count_params"]
+
+
+def build_unet(m) -> PatchUNet:
+    """PatchUNet from a ModelConfig."""
+    return PatchUNet(model_channels=m.model_channels, channel_mult=tuple(m.channel_mult),
+                     num_res_blocks=m.num_res_blocks, attention_levels=tuple(m.attention_levels),
+                     embed_channels=m.embed_channels, code_dim=m.code_dim, pos_sinusoid=m.pos_sinusoid,
+                     dropout=m.dropout)
+
+
+def build_encoder(m) -> ImageEncoder:
+    """Image encoder from a ModelConfig (used when code_source == 'encoder')."""
+    return ImageEncoder(model_channels=m.encoder_channels, channel_mult=tuple(m.encoder_mult),
+                        num_res_blocks=m.num_res_blocks, attention_levels=tuple(m.encoder_attention_levels),
+                        code_dim=m.code_dim, dropout=m.dropout)
+
+
+def build_latent(lat, code_dim: int) -> LatentMLP:
+    """Latent MLP from a LatentConfig."""
+    return LatentMLP(code_dim=code_dim, hidden=lat.hidden, num_layers=lat.num_layers,
+                     time_sinusoid=lat.time_sinusoid)
+
+
+def count_params(module) -> int:
+    """Number of distinct parameters (a tied Linear counts once)."""
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,62 @@
+"""Patch grids and the feature collage (spec §4), as small pure tensor functions.
+
+Glossary: ``p`` patch (or feature-tile) size, ``grid = (rows, cols)``, ``shift = p // 2``. Patches are ordered
+(image, row, col) everywhere. Training, sampling and tests all use these functions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def split(canvas: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, C, rows*p, cols*p) -> (B*rows*cols, C, p, p), ordered (image, row, col)."""
+    b, c, h, w = canvas.shape
+    if h % p or w % p:
+        raise ValueError(f"canvas {h}x{w} is not divisible by the patch size {p}")
+    rows, cols = h // p, w // p
+    x = canvas.reshape(b, c, rows, p, cols, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b * rows * cols, c, p, p)
+
+
+def stitch(patches: torch.Tensor, grid: tuple) -> torch.Tensor:
+    """(B*rows*cols, C, p, p) -> (B, C, rows*p, cols*p); inverse of ``split``."""
+    rows, cols = grid
+    n, c, p, q = patches.shape
+    b = n // (rows * cols)
+    if b * rows * cols != n:
+        raise ValueError(f"{n} patches do not fill whole {rows}x{cols} grids")
+    x = patches.reshape(b, rows, cols, c, p, q).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c, rows * p, cols * q)
+
+
+def pad_half(canvas: torch.Tensor, p: int) -> torch.Tensor:
+    """Zero-pad a canvas by half a patch on each side: (B, C, H, W) -> (B, C, H+p, W+p)."""
+    s = p // 2
+    return F.pad(canvas, (s, s, s, s))
+
+
+def crop_half(canvas: torch.Tensor, p: int) -> torch.Tensor:
+    """Remove half a patch from each border: (B, C, H+p, W+p) -> (B, C, H, W)."""
+    s = p // 2
+    return canvas[..., s:canvas.shape[-2] - s, s:canvas.shape[-1] - s]
+
+
+def collage(features: torch.Tensor, grid: tuple) -> torch.Tensor:
+    """Feature collage: stitch the padded grid, crop half a tile, re-cut (spec §4).
+
+    features (B*R*C, ch, s, s) for a padded grid (R, C) -> (B*(R-1)*(C-1), ch, s, s), the tiles aligned with the
+    un-padded image. ``s`` is the feature size at this level, so the crop is always half a patch.
+    """
+    s = features.shape[-1]
+    return split(crop_half(stitch(features, grid), s), s)
+
+
+def grid_positions(rows: int, cols: int, offset: float = 0.0, device=None) -> torch.Tensor:
+    """(rows*cols, 2) float (row, col) positions in patch units, row-major, plus ``offset``.
+
+    Encoder positions of a padded grid use offset 0 (integers); decoder positions use 0.5 (spec §2.3).
+    """
+    r, c = torch.meshgrid(torch.arange(rows, device=device), torch.arange(cols, device=device), indexing="ij")
+    return torch.stack([r.reshape(-1), c.reshape(-1)], dim=1).float() + offset

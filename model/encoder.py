@@ -1,0 +1,70 @@
+"""Semantic-code sources (spec §2.5, §3): a trainable code table, or the jointly trained image encoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .blocks import AttentionBlock, CondSequential, ResBlock, norm
+
+
+class CodeTable(nn.Module):
+    """One trainable code per training image (official ``Semantic``; key ``semantic_enc.weight``).
+
+    Initialised from CLIP image embeddings by initialize.py; looked up by dataset index.
+    """
+
+    def __init__(self, num_codes: int, code_dim: int = 512, init: torch.Tensor | None = None):
+        super().__init__()
+        self.semantic_enc = nn.Embedding(num_codes, code_dim)
+        if init is not None:
+            if tuple(init.shape) != (num_codes, code_dim):
+                raise ValueError(f"code table init has shape {tuple(init.shape)}, expected ({num_codes}, {code_dim})")
+            with torch.no_grad():
+                self.semantic_enc.weight.copy_(init)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.semantic_enc.weight
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        """index (B,) long -> codes (B, code_dim)."""
+        return self.semantic_enc(index)
+
+
+class ImageEncoder(nn.Module):
+    """Half U-Net image encoder for 256x256 data (official ``BeatGANsEncoderModel``, spec §3.3).
+
+    Unconditioned ResBlocks, down-sampling ResBlocks between levels, attention at ``attention_levels``
+    (Faithful: level 2, from the nominal resolution counter starting at 64), middle RB-Attn-RB, then
+    GroupNorm -> SiLU -> global average pool -> 1x1 conv -> flatten.
+    """
+
+    def __init__(self, model_channels: int = 64, channel_mult=(1, 2, 4, 8, 8), num_res_blocks: int = 2,
+                 attention_levels=(2,), code_dim: int = 512, dropout: float = 0.1, in_channels: int = 3):
+        super().__init__()
+
+        def rb(cin, cout, resample=None):
+            return ResBlock(cin, cout, dropout=dropout, resample=resample, cond=False)
+
+        ch = channel_mult[0] * model_channels
+        self.input_blocks = nn.ModuleList([CondSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers = [rb(ch, mult * model_channels)]
+                ch = mult * model_channels
+                if level in attention_levels:
+                    layers.append(AttentionBlock(ch))
+                self.input_blocks.append(CondSequential(*layers))
+            if level != len(channel_mult) - 1:
+                self.input_blocks.append(CondSequential(rb(ch, ch, "down")))
+        self.middle_block = CondSequential(rb(ch, ch), AttentionBlock(ch), rb(ch, ch))
+        self.out = nn.Sequential(norm(ch), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Conv2d(ch, code_dim, 1),
+                                 nn.Flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 3, H, W) full un-padded image in [-1, 1] -> code (B, code_dim)."""
+        h = x
+        for block in self.input_blocks:
+            h = block(h)
+        return self.out(self.middle_block(h))
