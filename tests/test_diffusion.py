@@ -1,0 +1,176 @@
+import pytest
+import torch
+
+from diffusion import (Schedule, canvas_eps, ddim_loop, ddim_sample_canvas, ddim_sample_latent, default_schedule,
+                       guided_canvas_eps, latent_loss, latent_schedule, linear_betas, patch_loss_terms,
+                       space_timesteps)
+from tests import official_style as ref
+
+P = 8  # tiny preset patch
+
+
+def _ref_args(cfg, unet):
+    sd = ref.annotate_updown(unet.state_dict(), len(cfg.model.channel_mult), cfg.model.num_res_blocks)
+    return sd, dict(levels=len(cfg.model.channel_mult), time_dim=cfg.model.model_channels,
+                    pos_dim=cfg.model.pos_sinusoid)
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_respaced_timesteps_pinned():
+    assert space_timesteps(1000, 50) == list(range(0, 1000, 20))
+    assert space_timesteps(1000, 20) == list(range(0, 1000, 50))
+    assert space_timesteps(1000, 1000) == list(range(1000))
+    with pytest.raises(ValueError, match="integer stride"):
+        space_timesteps(1000, 999)
+    sched = default_schedule().respace(50)
+    assert sched.timestep_map[-1] == 980
+    # the respaced schedule keeps alpha_bar at the kept timesteps
+    assert torch.allclose(sched.alphas_cumprod, default_schedule().alphas_cumprod[::20], rtol=1e-12)
+
+
+def test_linear_schedule_values():
+    betas = linear_betas()
+    assert betas.dtype == torch.float64 and betas[0] == 1e-4 and abs(betas[-1] - 0.02) < 1e-15
+    ac = Schedule(betas).alphas_cumprod
+    assert abs(ac[-1].item() - 4.035e-5) < 1e-7  # alpha_bar_999 of the linear schedule
+    lat = latent_schedule().alphas_cumprod
+    assert abs(lat[-1].item() - 0.992 ** 1000) < 1e-12
+
+
+def test_canvas_eps_matches_official_structure(tiny_cfg, tiny_unet):
+    sd, kw = _ref_args(tiny_cfg, tiny_unet)
+    x = torch.randn(2, 3, 16, 24)
+    t = torch.tensor([3, 870])
+    code = torch.randn(2, 16)
+    with torch.no_grad():
+        mine = canvas_eps(tiny_unet, x, t, code, P)
+        theirs = ref.canvas_eps(sd, x, t, code, P, **kw)
+    assert mine.shape == (2, 3, 16, 24)
+    assert rel_err(mine, theirs) < 1e-5
+
+
+def test_canvas_eps_is_deterministic_and_per_image(tiny_unet):
+    x, t, code = torch.randn(3, 3, 16, 24), torch.tensor([5, 500, 999]), torch.randn(3, 16)
+    with torch.no_grad():
+        full = canvas_eps(tiny_unet, x, t, code, P)
+        again = canvas_eps(tiny_unet, x, t, code, P)
+        single = canvas_eps(tiny_unet, x[1:2], t[1:2], code[1:2], P)
+    assert torch.equal(full, again)
+    assert torch.allclose(full[1:2], single, atol=1e-5)
+
+
+def test_canvas_eps_rejects_indivisible_canvas(tiny_unet):
+    with pytest.raises(ValueError, match="not divisible by the patch size 8"):
+        canvas_eps(tiny_unet, torch.randn(1, 3, 12, 24), torch.tensor([1]), torch.randn(1, 16), P)
+
+
+def test_positions_and_code_matter(tiny_unet):
+    """Guards against a conditioning path that silently does nothing."""
+    x, t, code = torch.randn(1, 3, 16, 24), torch.tensor([400]), torch.randn(1, 16)
+    with torch.no_grad():
+        base = canvas_eps(tiny_unet, x, t, code, P)
+        no_pos = canvas_eps(tiny_unet, x, t, code, P, pos_keep=torch.zeros(1))
+        other_code = canvas_eps(tiny_unet, x, t, code + 1, P)
+    assert (base - no_pos).abs().max() > 1e-3
+    assert (base - other_code).abs().max() > 1e-3
+
+
+def test_patch_loss_terms_match_official_structure(tiny_cfg, tiny_unet):
+    sd, kw = _ref_args(tiny_cfg, tiny_unet)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(2, 3, 16, 24, generator=g) * 2 - 1
+    noise = torch.randn(2, 3, 24, 32, generator=g)
+    t, code = torch.tensor([10, 700]), torch.randn(2, 16, generator=g)
+    ac = default_schedule().alphas_cumprod.numpy()
+    for window in [(0, 0), (1, 2), (0, 1)]:
+        with torch.no_grad():
+            mine = patch_loss_terms(tiny_unet, x0, t, noise, window, code, P)
+            theirs = ref.training_terms(sd, x0, t, noise, window, code, P, alphas_cumprod=ac, **kw)
+        for a, b in zip(mine, theirs):
+            assert abs(a.item() - b.item()) / b.item() < 1e-5, (window, mine, theirs)
+
+
+def test_loss_ignores_padding_noise(tiny_unet):
+    x0 = torch.rand(2, 3, 16, 24) * 2 - 1
+    noise = torch.randn(2, 3, 24, 32)
+    t, code = torch.tensor([10, 700]), torch.randn(2, 16)
+    inside = torch.zeros(1, 1, 24, 32)
+    inside[..., 4:-4, 4:-4] = 1
+    noise_pad = noise + (1 - inside) * 5 * torch.randn_like(noise)
+    noise_in = noise + inside * 0.5 * torch.randn_like(noise)
+    with torch.no_grad():
+        base = patch_loss_terms(tiny_unet, x0, t, noise, (0, 0), code, P)
+        padded = patch_loss_terms(tiny_unet, x0, t, noise_pad, (0, 0), code, P)
+        changed = patch_loss_terms(tiny_unet, x0, t, noise_in, (0, 0), code, P)
+    assert torch.allclose(torch.stack(base), torch.stack(padded), rtol=1e-6)
+    assert not torch.allclose(torch.stack(base), torch.stack(changed), rtol=1e-3)
+
+
+def test_loss_rejects_bad_window(tiny_unet):
+    with pytest.raises(ValueError, match="window"):
+        patch_loss_terms(tiny_unet, torch.zeros(1, 3, 16, 24), torch.tensor([1]), torch.zeros(1, 3, 24, 32),
+                         (2, 0), torch.zeros(1, 16), P)
+
+
+def test_ddim_with_oracle_eps_returns_x0():
+    sched = default_schedule().respace(50)
+    x0 = torch.rand(2, 3, 16, 24) * 1.8 - 0.9
+    abar = default_schedule().alphas_cumprod
+
+    def oracle(x_t, t):
+        a = abar[t].float()[:, None, None, None]
+        return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+
+    out = ddim_loop(oracle, torch.randn(2, 3, 16, 24), sched, clip_x0=True)
+    assert torch.allclose(out, x0, atol=1e-4)
+
+
+def test_ddim_canvas_matches_official_structure(tiny_cfg, tiny_unet):
+    sd, kw = _ref_args(tiny_cfg, tiny_unet)
+    x_T, code = torch.randn(1, 3, 16, 24), torch.randn(1, 16)
+    ac = default_schedule().alphas_cumprod.numpy()
+    for w in (0.0, 0.5):
+        mine = ddim_sample_canvas(tiny_unet, x_T, code, steps=5, patch_size=P, cfg_scale=w)
+        theirs = ref.ddim_canvas(sd, x_T, code, P, alphas_cumprod=ac, use_t=set(range(0, 1000, 200)), cfg_w=w,
+                                 **kw)
+        assert rel_err(mine, theirs) < 1e-4
+        assert mine.min() >= -1 and mine.max() <= 1
+
+
+def test_cfg_zero_equals_conditional_and_formula(tiny_unet):
+    x, t, code = torch.randn(2, 3, 16, 24), torch.tensor([100, 600]), torch.randn(2, 16)
+    with torch.no_grad():
+        cond = canvas_eps(tiny_unet, x, t, code, P)
+        uncond = canvas_eps(tiny_unet, x, t, torch.zeros_like(code), P, pos_keep=torch.zeros(2))
+        assert torch.equal(guided_canvas_eps(tiny_unet, x, t, code, P, 0.0), cond)
+        guided = guided_canvas_eps(tiny_unet, x, t, code, P, 0.5)
+    assert torch.allclose(guided, 1.5 * cond - 0.5 * uncond, atol=1e-5)
+    assert not torch.allclose(guided, cond, atol=1e-3)
+
+
+def test_latent_ddim_matches_manual_loop(tiny_latent):
+    z = torch.randn(4, 16)
+    out = ddim_sample_latent(tiny_latent, z, steps=5)
+    # manual eta-0 DDIM without clipping, constant beta 0.008, stride 200
+    abar = latent_schedule().alphas_cumprod
+    x = z.clone()
+    ts = list(range(0, 1000, 200))
+    with torch.no_grad():
+        for k in reversed(range(5)):
+            a = abar[ts[k]].float()
+            a_prev = abar[ts[k - 1]].float() if k else torch.tensor(1.0)
+            eps = tiny_latent(x, torch.full((4,), ts[k]))
+            x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    assert rel_err(out, x) < 1e-4
+
+
+def test_latent_loss_is_l1(tiny_latent):
+    z0, noise, t = torch.randn(5, 16), torch.randn(5, 16), torch.tensor([0, 1, 500, 998, 999])
+    sched = latent_schedule()
+    with torch.no_grad():
+        pred = tiny_latent(sched.q_sample(z0, t, noise), t)
+        assert torch.allclose(latent_loss(tiny_latent, z0, t, noise), (noise - pred).abs().mean())
