@@ -137,3 +137,23 @@ def patch_loss_terms(unet, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tenso
     shift_term = ((eps_centre - pred_shift.float()) ** 2).mean()
     noshift_term = (((split(eps_win, p) - pred_plain.float()) ** 2) * split(mask_win, p)).mean()
     return shift_term, noshift_term
+
+
+def sample_window(h: int, w: int, p: int, generator: torch.Generator | None = None) -> tuple:
+    """The training window's top-left padded-grid index, uniform over (0..H/p-1) x (0..W/p-1), shared by the batch.
+
+    Deviation: drawn from a torch.Generator instead of Python's ``random`` (same distribution, reproducible).
+    """
+    row = int(torch.randint(h // p, (1,), generator=generator))
+    col = int(torch.randint(w // p, (1,), generator=generator))
+    return row, col
+
+
+def cfg_keep_masks(batch: int, code_drop: float = 0.1, pos_drop: float = 0.5,
+                   generator: torch.Generator | None = None, device=None):
+    """Per-image CFG dropout masks (spec §6): keep the code if r >= code_drop, the positions if r' >= pos_drop.
+
+    Returns (code_keep, pos_keep), float (B,) of 0/1, drawn independently.
+    """
+    r = torch.rand(2, batch, generator=generator)
+    return (r[0] >= code_drop).float().to(device), (r[1] >= pos_drop).float().to(device)

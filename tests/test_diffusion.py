@@ -174,3 +174,14 @@ def test_latent_loss_is_l1(tiny_latent):
     with torch.no_grad():
         pred = tiny_latent(sched.q_sample(z0, t, noise), t)
         assert torch.allclose(latent_loss(tiny_latent, z0, t, noise), (noise - pred).abs().mean())
+
+
+def test_window_and_cfg_masks_are_seeded_and_in_range():
+    from diffusion import cfg_keep_masks, sample_window
+    wins = {sample_window(16, 24, 8, torch.Generator().manual_seed(s)) for s in range(200)}
+    assert wins == {(r, c) for r in range(2) for c in range(3)}
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert sample_window(512, 1024, 64, g1) == sample_window(512, 1024, 64, g2)
+    code_keep, pos_keep = cfg_keep_masks(20000, generator=torch.Generator().manual_seed(0))
+    assert abs(code_keep.mean().item() - 0.9) < 0.01 and abs(pos_keep.mean().item() - 0.5) < 0.015
+    assert set(code_keep.unique().tolist()) == {0.0, 1.0}
