@@ -1,0 +1,150 @@
+"""Training images from an LMDB written by img2lmdb.py (or the official one), or from a plain image folder.
+
+Each item is (image, index): the image in [-1, 1] after the preset's official transform (spec §5.3) and its index,
+which is the row of the semantic-code table. The LMDB is opened read-only and lock-free, lazily in each process,
+so the dataset is safe with DataLoader workers and DDP.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import lmdb
+import numpy as np
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+from torchvision import transforms
+from torchvision.transforms import functional as TF
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. 16/32-bit integer modes are scaled (not clipped); alpha is dropped."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
+
+
+class DataError(RuntimeError):
+    """The data path is missing or damaged."""
+
+
+def geometric_transform(kind: str, image_size: tuple, resize: tuple):
+    """PIL -> PIL geometry of a preset (spec §5.3).
+
+    nature: exact resize to ``resize`` (512x1280), then centre crop ``image_size`` (512x1024).
+    resize / resize_crop: shorter side to the target (torchvision Resize(S), bilinear), then centre crop.
+    Deviation: the official 'resize' datasets (FFHQ, LHQ) have no crop because their images are square; the crop
+    makes non-square user images usable and is the identity for square ones. An image already at ``image_size``
+    (e.g. stored so by img2lmdb.py --config) is passed through.
+    """
+    h, w = image_size
+    if kind == "nature":
+        steps = [transforms.Resize(tuple(resize)), transforms.CenterCrop((h, w))]
+    elif kind in ("resize", "resize_crop"):
+        steps = [transforms.Resize(min(h, w)) if h == w else _Cover((h, w)), transforms.CenterCrop((h, w))]
+    else:
+        raise ValueError(f"unknown transform {kind!r}; choose nature, resize or resize_crop")
+    chain = transforms.Compose(steps)
+
+    def apply(img: Image.Image) -> Image.Image:
+        return img if img.size == (w, h) else chain(img)
+
+    return apply
+
+
+class _Cover:
+    """Resize (bilinear) so the image covers (h, w) with its aspect ratio kept."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def __call__(self, img):
+        h, w = self.size
+        s = max(h / img.height, w / img.width)
+        return TF.resize(img, [max(h, round(img.height * s)), max(w, round(img.width * s))])
+
+
+def is_lmdb(path) -> bool:
+    return (Path(path) / "data.mdb").is_file()
+
+
+class ImageDataset(Dataset):
+    """Images of an LMDB (keys 0..N-1 zero-padded to 7, plus 'length') or of a folder (sorted, recursive)."""
+
+    def __init__(self, path, image_size=(512, 1024), transform: str = "nature", resize=(512, 1280)):
+        self.path = os.fspath(path)
+        if not os.path.exists(self.path):
+            raise DataError(f"data path {self.path} does not exist")
+        self.lmdb = is_lmdb(self.path)
+        if self.lmdb:
+            try:
+                env = lmdb.open(self.path, readonly=True, lock=False, readahead=False, meminit=False)
+            except lmdb.Error as e:
+                raise DataError(f"cannot open LMDB {self.path}: {e}") from None
+            with env.begin() as txn:
+                raw = txn.get(b"length")
+            env.close()
+            if raw is None:
+                raise DataError(f"LMDB {self.path} has no 'length' key; build it with img2lmdb.py")
+            self.length, self.files = int(raw), None
+        elif os.path.isdir(self.path):
+            self.files = sorted((p for p in Path(self.path).rglob("*") if p.suffix.lower() in IMAGE_EXTS),
+                                key=lambda p: p.relative_to(self.path).as_posix())
+            self.length = len(self.files)
+        else:
+            raise DataError(f"data path {self.path} is neither an LMDB folder nor an image folder")
+        if self.length == 0:
+            raise DataError(f"data path {self.path} holds no images")
+        self.geometry = geometric_transform(transform, tuple(image_size), tuple(resize))
+        self.to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
+        self._env, self._pid = None, None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _txn_get(self, key: bytes):
+        if self._env is None or self._pid != os.getpid():  # one environment per process (fork-safe)
+            self._env = lmdb.open(self.path, readonly=True, lock=False, readahead=False, meminit=False)
+            self._pid = os.getpid()
+        with self._env.begin(buffers=False) as txn:
+            return txn.get(key)
+
+    def load(self, index: int) -> Image.Image:
+        """The stored image as RGB, without the training transform (initialize.py uses CLIP's own)."""
+        if self.lmdb:
+            data = self._txn_get(str(index).zfill(7).encode())
+            if data is None:
+                raise DataError(f"LMDB {self.path} has no image under key {str(index).zfill(7)} (length "
+                                f"{self.length}); rebuild it with img2lmdb.py")
+            src = io.BytesIO(data)
+            where = f"{self.path}[{index}]"
+        else:
+            src = where = self.files[index]
+        try:
+            with Image.open(src) as im:
+                im.load()
+                return to_rgb(ImageOps.exif_transpose(im))
+        except Exception as e:
+            raise DataError(f"cannot decode image {where}: {e}") from None
+
+    def __getitem__(self, index: int):
+        return self.to_tensor(self.geometry(self.load(index))), index
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_env"], state["_pid"] = None, None
+        return state
+
+
+def build_dataset(path, data_cfg) -> ImageDataset:
+    """ImageDataset with a DataConfig's geometry."""
+    return ImageDataset(path, data_cfg.image_size, data_cfg.transform, data_cfg.resize)
