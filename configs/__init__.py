@@ -135,7 +135,7 @@ def _tiny() -> Config:
     """Runs on a 2-core CPU in seconds: patch 8, widths 8-16, a 16x24 canvas (a 2x3 patch grid)."""
     c = Config(name="tiny")
     c.model = ModelConfig(patch_size=8, model_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1,
-                          attention_levels=(2,), embed_channels=32, pos_sinusoid=8, code_dim=16, dropout=0.0,
+                          attention_levels=(2,), embed_channels=32, pos_sinusoid=8, code_dim=512, dropout=0.0,
                           encoder_channels=8, encoder_mult=(1, 2, 2), encoder_attention_levels=(2,))
     c.data = DataConfig(image_size=(16, 24), transform="resize_crop", resize=(16, 24), num_workers=0)
     c.training = TrainingConfig(batch_size=4, precision="fp32", save_every_samples=8, sample_every_samples=8)

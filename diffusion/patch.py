@@ -103,7 +103,7 @@ def window_slice(window, p: int):
 
 def patch_loss_terms(unet, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, window, code: torch.Tensor,
                      patch_size: int | None = None, pos_keep: torch.Tensor | None = None,
-                     schedule: Schedule | None = None):
+                     schedule: Schedule | None = None, per_image: bool = False):
     """The official two-term patch loss for one 2x2 window of the padded grid (spec §5.1).
 
     x0 (B, 3, H, W) in [-1, 1]; t (B,) in 0..T-1; noise (B, 3, H+p, W+p) over the padded canvas; window (row, col)
@@ -113,6 +113,7 @@ def patch_loss_terms(unet, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tenso
       shift   = mean_b mean_chw (eps_centre - pred_shift)^2, the collaged pass for original patch (row, col);
       noshift = mean_4B mean_chw ((eps - pred)^2 * mask), the plain pass over the 4 window patches, padding masked,
                 divided by all 3 p^2 elements.
+    per_image=True returns the two terms per image, (B,) each (their batch means are the scalars above).
     """
     p = patch_size or (noise.shape[-1] - x0.shape[-1])
     sched = schedule or default_schedule()
@@ -133,10 +134,11 @@ def patch_loss_terms(unet, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tenso
     pred_shift = decode_collaged(unet, h_mid, skips, (2, 2), window, t, code, pos_keep)
     pred_plain = unet.decode(h_mid, skips, emb, code_p)
 
-    eps_centre = crop_half(eps_win, p)
-    shift_term = ((eps_centre - pred_shift.float()) ** 2).mean()
-    noshift_term = (((split(eps_win, p) - pred_plain.float()) ** 2) * split(mask_win, p)).mean()
-    return shift_term, noshift_term
+    shift_term = ((crop_half(eps_win, p) - pred_shift.float()) ** 2).mean(dim=(1, 2, 3))
+    noshift_term = (((split(eps_win, p) - pred_plain.float()) ** 2) * split(mask_win, p)).reshape(b, -1).mean(dim=1)
+    if per_image:
+        return shift_term, noshift_term
+    return shift_term.mean(), noshift_term.mean()
 
 
 def sample_window(h: int, w: int, p: int, generator: torch.Generator | None = None) -> tuple:

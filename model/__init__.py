@@ -5,20 +5,37 @@ from __future__ import annotations
 from .encoder import CodeTable, ImageEncoder
 from .latent import LatentMLP
 from .official import LoadedModel, load_official_checkpoint
+from .patchdm import PatchDM
 from .safe_load import CheckpointError, read_checkpoint
 from .unet import PatchUNet
 
-__all__ = ["PatchUNet", "ImageEncoder", "CodeTable", "LatentMLP", "LoadedModel", "CheckpointError",
+__all__ = ["PatchDM", "build_patchdm", "PatchUNet", "ImageEncoder", "CodeTable", "LatentMLP", "LoadedModel", "CheckpointError",
            "load_official_checkpoint", "read_checkpoint", "build_unet", "build_encoder", "build_latent",
            "count_params"]
 
 
 def build_unet(m) -> PatchUNet:
     """PatchUNet from a ModelConfig."""
-    return PatchUNet(model_channels=m.model_channels, channel_mult=tuple(m.channel_mult),
-                     num_res_blocks=m.num_res_blocks, attention_levels=tuple(m.attention_levels),
-                     embed_channels=m.embed_channels, code_dim=m.code_dim, pos_sinusoid=m.pos_sinusoid,
-                     dropout=m.dropout)
+    return PatchUNet(**unet_kwargs(m))
+
+
+def unet_kwargs(m) -> dict:
+    return dict(model_channels=m.model_channels, channel_mult=tuple(m.channel_mult), num_res_blocks=m.num_res_blocks,
+                attention_levels=tuple(m.attention_levels), embed_channels=m.embed_channels, code_dim=m.code_dim,
+                pos_sinusoid=m.pos_sinusoid, dropout=m.dropout)
+
+
+def build_patchdm(m, num_codes: int | None = None, code_init=None) -> PatchDM:
+    """PatchDM from a ModelConfig: a code table of ``num_codes`` rows (optionally initialised) or the encoder."""
+    if m.code_source == "table":
+        if num_codes is None:
+            raise ValueError("a code-table model needs num_codes")
+        enc = CodeTable(num_codes, m.code_dim, code_init)
+    elif m.code_source == "encoder":
+        enc = build_encoder(m)
+    else:
+        raise ValueError(f"unknown code source {m.code_source!r}; choose table or encoder")
+    return PatchDM(enc, **unet_kwargs(m))
 
 
 def build_encoder(m) -> ImageEncoder:

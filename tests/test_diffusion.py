@@ -6,6 +6,8 @@ from diffusion import (Schedule, canvas_eps, ddim_loop, ddim_sample_canvas, ddim
                        space_timesteps)
 from tests import official_style as ref
 
+D = 512  # code width of the tiny preset (CLIP width, as every real preset)
+
 P = 8  # tiny preset patch
 
 
@@ -44,7 +46,7 @@ def test_canvas_eps_matches_official_structure(tiny_cfg, tiny_unet):
     sd, kw = _ref_args(tiny_cfg, tiny_unet)
     x = torch.randn(2, 3, 16, 24)
     t = torch.tensor([3, 870])
-    code = torch.randn(2, 16)
+    code = torch.randn(2, D)
     with torch.no_grad():
         mine = canvas_eps(tiny_unet, x, t, code, P)
         theirs = ref.canvas_eps(sd, x, t, code, P, **kw)
@@ -53,7 +55,7 @@ def test_canvas_eps_matches_official_structure(tiny_cfg, tiny_unet):
 
 
 def test_canvas_eps_is_deterministic_and_per_image(tiny_unet):
-    x, t, code = torch.randn(3, 3, 16, 24), torch.tensor([5, 500, 999]), torch.randn(3, 16)
+    x, t, code = torch.randn(3, 3, 16, 24), torch.tensor([5, 500, 999]), torch.randn(3, D)
     with torch.no_grad():
         full = canvas_eps(tiny_unet, x, t, code, P)
         again = canvas_eps(tiny_unet, x, t, code, P)
@@ -64,12 +66,12 @@ def test_canvas_eps_is_deterministic_and_per_image(tiny_unet):
 
 def test_canvas_eps_rejects_indivisible_canvas(tiny_unet):
     with pytest.raises(ValueError, match="not divisible by the patch size 8"):
-        canvas_eps(tiny_unet, torch.randn(1, 3, 12, 24), torch.tensor([1]), torch.randn(1, 16), P)
+        canvas_eps(tiny_unet, torch.randn(1, 3, 12, 24), torch.tensor([1]), torch.randn(1, D), P)
 
 
 def test_positions_and_code_matter(tiny_unet):
     """Guards against a conditioning path that silently does nothing."""
-    x, t, code = torch.randn(1, 3, 16, 24), torch.tensor([400]), torch.randn(1, 16)
+    x, t, code = torch.randn(1, 3, 16, 24), torch.tensor([400]), torch.randn(1, D)
     with torch.no_grad():
         base = canvas_eps(tiny_unet, x, t, code, P)
         no_pos = canvas_eps(tiny_unet, x, t, code, P, pos_keep=torch.zeros(1))
@@ -83,7 +85,7 @@ def test_patch_loss_terms_match_official_structure(tiny_cfg, tiny_unet):
     g = torch.Generator().manual_seed(1)
     x0 = torch.rand(2, 3, 16, 24, generator=g) * 2 - 1
     noise = torch.randn(2, 3, 24, 32, generator=g)
-    t, code = torch.tensor([10, 700]), torch.randn(2, 16, generator=g)
+    t, code = torch.tensor([10, 700]), torch.randn(2, D, generator=g)
     ac = default_schedule().alphas_cumprod.numpy()
     for window in [(0, 0), (1, 2), (0, 1)]:
         with torch.no_grad():
@@ -96,7 +98,7 @@ def test_patch_loss_terms_match_official_structure(tiny_cfg, tiny_unet):
 def test_loss_ignores_padding_noise(tiny_unet):
     x0 = torch.rand(2, 3, 16, 24) * 2 - 1
     noise = torch.randn(2, 3, 24, 32)
-    t, code = torch.tensor([10, 700]), torch.randn(2, 16)
+    t, code = torch.tensor([10, 700]), torch.randn(2, D)
     inside = torch.zeros(1, 1, 24, 32)
     inside[..., 4:-4, 4:-4] = 1
     noise_pad = noise + (1 - inside) * 5 * torch.randn_like(noise)
@@ -112,7 +114,7 @@ def test_loss_ignores_padding_noise(tiny_unet):
 def test_loss_rejects_bad_window(tiny_unet):
     with pytest.raises(ValueError, match="window"):
         patch_loss_terms(tiny_unet, torch.zeros(1, 3, 16, 24), torch.tensor([1]), torch.zeros(1, 3, 24, 32),
-                         (2, 0), torch.zeros(1, 16), P)
+                         (2, 0), torch.zeros(1, D), P)
 
 
 def test_ddim_with_oracle_eps_returns_x0():
@@ -130,7 +132,7 @@ def test_ddim_with_oracle_eps_returns_x0():
 
 def test_ddim_canvas_matches_official_structure(tiny_cfg, tiny_unet):
     sd, kw = _ref_args(tiny_cfg, tiny_unet)
-    x_T, code = torch.randn(1, 3, 16, 24), torch.randn(1, 16)
+    x_T, code = torch.randn(1, 3, 16, 24), torch.randn(1, D)
     ac = default_schedule().alphas_cumprod.numpy()
     for w in (0.0, 0.5):
         mine = ddim_sample_canvas(tiny_unet, x_T, code, steps=5, patch_size=P, cfg_scale=w)
@@ -141,7 +143,7 @@ def test_ddim_canvas_matches_official_structure(tiny_cfg, tiny_unet):
 
 
 def test_cfg_zero_equals_conditional_and_formula(tiny_unet):
-    x, t, code = torch.randn(2, 3, 16, 24), torch.tensor([100, 600]), torch.randn(2, 16)
+    x, t, code = torch.randn(2, 3, 16, 24), torch.tensor([100, 600]), torch.randn(2, D)
     with torch.no_grad():
         cond = canvas_eps(tiny_unet, x, t, code, P)
         uncond = canvas_eps(tiny_unet, x, t, torch.zeros_like(code), P, pos_keep=torch.zeros(2))
@@ -152,7 +154,7 @@ def test_cfg_zero_equals_conditional_and_formula(tiny_unet):
 
 
 def test_latent_ddim_matches_manual_loop(tiny_latent):
-    z = torch.randn(4, 16)
+    z = torch.randn(4, D)
     out = ddim_sample_latent(tiny_latent, z, steps=5)
     # manual eta-0 DDIM without clipping, constant beta 0.008, stride 200
     abar = latent_schedule().alphas_cumprod
@@ -169,7 +171,7 @@ def test_latent_ddim_matches_manual_loop(tiny_latent):
 
 
 def test_latent_loss_is_l1(tiny_latent):
-    z0, noise, t = torch.randn(5, 16), torch.randn(5, 16), torch.tensor([0, 1, 500, 998, 999])
+    z0, noise, t = torch.randn(5, D), torch.randn(5, D), torch.tensor([0, 1, 500, 998, 999])
     sched = latent_schedule()
     with torch.no_grad():
         pred = tiny_latent(sched.q_sample(z0, t, noise), t)

@@ -5,6 +5,8 @@ from configs import get_preset, preset_names
 from model import build_encoder, build_latent, build_unet, count_params
 from tests.conftest import randomize
 
+D = 512  # code width of the tiny preset (CLIP width, as every real preset)
+
 
 def _meta_counts(preset):
     cfg = get_preset(preset)
@@ -75,12 +77,12 @@ def test_attention_sits_at_level_two_for_every_patch_size():
 
 def test_encoder_output_shape(tiny_encoder):
     code = tiny_encoder(torch.randn(2, 3, 16, 24))
-    assert code.shape == (2, 16)
+    assert code.shape == (2, D)
 
 
 def test_latent_mlp_shapes_and_tie(tiny_latent):
-    out = tiny_latent(torch.randn(3, 16), torch.tensor([0, 10, 999]))
-    assert out.shape == (3, 16)
+    out = tiny_latent(torch.randn(3, D), torch.tensor([0, 10, 999]))
+    assert out.shape == (3, D)
     layer = tiny_latent.layers[0]
     assert layer.cond_layers[1] is layer.linear_emb
 

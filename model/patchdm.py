@@ -1,0 +1,36 @@
+"""The trainable Patch-DM network: the patch U-Net plus its semantic-code source, in the official layout."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .encoder import CodeTable, ImageEncoder
+from .unet import PatchUNet
+
+
+class PatchDM(PatchUNet):
+    """PatchUNet with ``encoder`` = CodeTable (codes by dataset index) or ImageEncoder (codes from the image).
+
+    Its state dict is the official ``BeatGANsAutoencModel`` layout: U-Net keys at the top level, the code table at
+    ``encoder.semantic_enc.weight`` or the image encoder under ``encoder.``, so official files and ours share names.
+    """
+
+    def __init__(self, encoder: nn.Module, **unet_kwargs):
+        super().__init__(**unet_kwargs)
+        self.encoder = encoder
+
+    @property
+    def uses_table(self) -> bool:
+        return isinstance(self.encoder, CodeTable)
+
+    def codes(self, x0: torch.Tensor | None, index: torch.Tensor | None) -> torch.Tensor:
+        """(B, D) codes: table rows for ``index``, or the image encoder applied to the un-padded images x0."""
+        return self.encoder(index) if self.uses_table else self.encoder(x0)
+
+    def code_params(self) -> list:
+        return list(self.encoder.parameters())
+
+
+def is_image_encoder(module) -> bool:
+    return isinstance(module, ImageEncoder)

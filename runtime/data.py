@@ -1,0 +1,40 @@
+"""Deterministic, resumable data order and the training DataLoader."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .errors import CLIError
+
+
+class StepBatchSampler(Sampler):
+    """Endless batches for one rank, a pure function of (seed, step): resuming at step s continues exactly.
+
+    Each epoch is a permutation seeded by (seed, epoch), split across ranks (rank::world) and cut into batches of
+    ``batch`` with the remainder dropped (as the official drop_last=True).
+    """
+
+    def __init__(self, n: int, batch: int, seed: int = 0, rank: int = 0, world: int = 1, start_step: int = 0):
+        self.n, self.batch, self.seed, self.rank, self.world, self.start = n, batch, seed, rank, world, start_step
+        self.steps_per_epoch = (n // world) // batch
+        if self.steps_per_epoch == 0:
+            raise CLIError(f"the dataset has {n} images, fewer than one global batch of {batch * world}; "
+                           "lower --batch_size")
+
+    def batch_at(self, step: int) -> list:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        shard = torch.randperm(self.n, generator=g)[self.rank::self.world]
+        return shard[k * self.batch:(k + 1) * self.batch].tolist()
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            yield self.batch_at(step)
+            step += 1
+
+
+def make_loader(dataset, sampler: StepBatchSampler, num_workers: int, pin: bool) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin,
+                      persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)

@@ -1,0 +1,286 @@
+"""Train the Patch-DM denoiser (official train.py, spec §5, §11), on one CPU/GPU or many under torchrun.
+
+    python train.py --config nature --data_path data/nature.lmdb --semantic_path data/nature_semantic.pt --name exp
+    torchrun --nproc_per_node 8 train.py --config nature -d data/nature.lmdb --semantic_path sem.pt -n exp
+    python train.py --config ffhq256 -d data/ffhq256.lmdb --semantic_enc --cfg -n ffhq    # 256 data: image encoder
+
+Run folder runs/NAME/: config.json, stats.jsonl, samples/*.png (EMA model, DDIM), checkpoints/last.pt (written
+atomically). Re-running the same command resumes exactly where last.pt left off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from configs import get_preset, override, set_patch_size, to_dict
+from dataset import DataError, build_dataset
+from diffusion import cfg_keep_masks, ddim_sample_canvas, default_schedule, patch_loss_terms, sample_window
+from model import build_patchdm, count_params, read_checkpoint
+from runtime import dist as D
+from runtime.data import StepBatchSampler, make_loader
+from runtime.device import autocast, check_precision, pick_device
+from runtime.ema import EMA
+from runtime.errors import CLIError, check_divisible, run_cli
+from runtime.files import JsonlLog, atomic_save, atomic_write_text, save_grid
+from runtime.runs import compatible_or_raise, load_code_table
+
+FORMAT = "patchdm-train-v1"
+
+
+class LossStep(nn.Module):
+    """The network plus the official loss, as one forward so DDP sees every parameter use."""
+
+    def __init__(self, net, patch_size: int):
+        super().__init__()
+        self.net, self.p = net, patch_size
+
+    def forward(self, x0, index, t, noise, window, code_keep=None, pos_keep=None):
+        code = self.net.codes(x0, index)
+        if code_keep is not None:  # Faithful: CFG drops the code by multiplying it by 0 (spec §6)
+            code = code * code_keep[:, None].to(code.dtype)
+        return patch_loss_terms(self.net, x0, t, noise, window, code, self.p, pos_keep, per_image=True)
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
+    ap.add_argument("--config", default="nature", help="preset (tiny, nature, lhq1024, ffhq1024, ffhq256, church256, "
+                                                       "bedroom256; -p128 / -p256 variants); default nature")
+    ap.add_argument("--batch_size", "-b", type=int, default=None, help="global batch (official default 96)")
+    ap.add_argument("--patch_size", "-ps", type=int, default=None, help="64, 128 or 256 (switches the architecture)")
+    ap.add_argument("--data_path", "-d", default="./dataset", help="LMDB from img2lmdb.py, or an image folder")
+    ap.add_argument("--name", "-n", default="train", help="run name: runs/NAME/")
+    ap.add_argument("--semantic_path", default="", help="code table from initialize.py (code-table presets)")
+    ap.add_argument("--semantic_enc", action="store_true", help="train the image encoder instead of a code table")
+    ap.add_argument("--cfg", action="store_true", help="classifier-free-guidance dropout (code 0.1, position 0.5)")
+    ap.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
+    ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
+                    help="autocast precision (default: the preset's fp16 on GPU, fp32 on CPU)")
+    ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default CUDA when present)")
+    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers per process")
+    ap.add_argument("--log_every", type=int, default=50, help="steps between stats.jsonl rows")
+    ap.add_argument("--save_every", type=int, default=None, help="samples between checkpoints (official 100000)")
+    ap.add_argument("--sample_every", type=int, default=None, help="samples between PNG grids (official 500000)")
+    ap.add_argument("--runs_dir", default="runs", help="parent folder of run folders")
+    ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="extra config overrides")
+    ap.add_argument("--dry_run", action="store_true", help="print the resolved config and exit")
+    return ap
+
+
+def resolve_config(args, device_type: str):
+    try:
+        cfg = get_preset(args.config)
+        if args.patch_size and args.patch_size != cfg.model.patch_size:
+            set_patch_size(cfg, args.patch_size)
+        cfg = override(cfg, args.set)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    t = cfg.training
+    if args.semantic_enc and args.semantic_path:
+        raise CLIError("--semantic_enc and --semantic_path are mutually exclusive (encoder or code table)")
+    if args.semantic_enc:
+        cfg.model.code_source = "encoder"
+    elif args.semantic_path:
+        cfg.model.code_source = "table"
+    t.cfg = t.cfg or args.cfg
+    for flag, field in [("batch_size", "batch_size"), ("max_steps", "max_steps"), ("save_every", "save_every_samples"),
+                        ("sample_every", "sample_every_samples")]:
+        if getattr(args, flag) is not None:
+            setattr(t, field, getattr(args, flag))
+    if args.workers is not None:
+        cfg.data.num_workers = args.workers
+    if args.precision:
+        t.precision = args.precision
+    elif device_type == "cpu" and t.precision == "fp16":
+        t.precision = "fp32"
+    check_divisible(cfg.data.image_size, cfg.model.patch_size, "training image size")
+    return cfg
+
+
+def seeded(seed: int, rank: int, step: int, stream: int) -> int:
+    """Independent seed per (run seed, rank, step, stream): all randomness is a function of the step."""
+    return (((seed * 1_000_003 + rank) * 1_000_003 + step) * 7 + stream) % (2 ** 63)
+
+
+def draw(cfg, step: int, rank: int, b: int, device):
+    """Window (shared by all ranks), timesteps, noise and CFG masks for one step."""
+    seed, p = cfg.training.seed, cfg.model.patch_size
+    h, w = cfg.data.image_size
+    window = sample_window(h, w, p, torch.Generator().manual_seed(seeded(seed, 0, step, 0)))
+    g = torch.Generator().manual_seed(seeded(seed, rank, step, 1))
+    t = torch.randint(0, cfg.diffusion.num_timesteps, (b,), generator=g)
+    masks = (None, None)
+    if cfg.training.cfg:
+        masks = cfg_keep_masks(b, cfg.training.cfg_code_drop, cfg.training.cfg_pos_drop, g, device)
+    gd = torch.Generator(device).manual_seed(seeded(seed, rank, step, 2))
+    noise = torch.randn(b, 3, h + p, w + p, generator=gd, device=device)
+    torch.manual_seed(seeded(seed, rank, step, 3))  # dropout
+    return window, t.to(device), noise, masks
+
+
+@torch.no_grad()
+def preview(net, cfg, x0, index, device, path):
+    """DDIM samples of the EMA model with the codes of a fixed batch (official: DDPM previews, raw weights)."""
+    code = net.codes(x0, index)
+    g = torch.Generator(device).manual_seed(cfg.training.seed)
+    x_T = torch.randn(x0.shape, generator=g, device=device)
+    with autocast(device, cfg.training.precision):
+        img = ddim_sample_canvas(net, x_T, code, steps=cfg.sampling.steps, patch_size=cfg.model.patch_size,
+                                 cfg_scale=cfg.sampling.cfg_scale)
+    save_grid(img.float(), path, ncol=2)
+
+
+def train(cfg, args, d: D.Dist, device):
+    run = Path(args.runs_dir) / args.name
+    ckpt_path = run / "checkpoints" / "last.pt"
+    try:
+        data = build_dataset(args.data_path, cfg.data)
+    except DataError as e:
+        raise CLIError(str(e)) from None
+    resume = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if resume is not None:
+        compatible_or_raise(resume, cfg, FORMAT, ckpt_path)
+    code_init = None
+    if cfg.model.code_source == "table":
+        if resume is None:
+            if not args.semantic_path:
+                raise CLIError("--semantic_path is required for a code-table model (make one with initialize.py), "
+                               "or pass --semantic_enc to train the image encoder")
+            code_init = load_code_table(args.semantic_path)
+        num_codes = code_init.shape[0] if code_init is not None else resume["model"]["encoder.semantic_enc.weight"].shape[0]
+        if num_codes != len(data):
+            raise CLIError(f"the code table has {num_codes} rows but the dataset {args.data_path} has {len(data)} "
+                           "images; they must match (re-run initialize.py on this dataset)")
+    torch.manual_seed(cfg.training.seed)  # the same initial weights on every rank and every run
+    net = build_patchdm(cfg.model, len(data), code_init).to(device)
+    ema = EMA(net, cfg.training.ema_decay)
+    tc = cfg.training
+    opt = torch.optim.Adam(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
+    step = 0
+    if resume is not None:
+        net.load_state_dict(resume["model"])
+        ema.load_state_dict(resume["ema"])
+        opt.load_state_dict(resume["opt"])
+        scaler.load_state_dict(resume["scaler"])
+        step = resume["step"]
+        del resume
+    b_local = tc.batch_size // d.world
+    if b_local * d.world != tc.batch_size:
+        raise CLIError(f"batch size {tc.batch_size} is not divisible by the {d.world} processes")
+    step_fn = LossStep(net, cfg.model.patch_size)
+    if d.enabled:
+        step_fn = nn.parallel.DistributedDataParallel(step_fn, device_ids=[device.index] if device.type == "cuda" else None)
+    sampler = StepBatchSampler(len(data), b_local, tc.seed, d.rank, d.world, start_step=step)
+    loader = iter(make_loader(data, sampler, cfg.data.num_workers, device.type == "cuda"))
+    table = net.encoder.weight if net.uses_table else None
+
+    save_steps = max(1, math.ceil(tc.save_every_samples / tc.batch_size))
+    sample_steps = max(1, math.ceil(tc.sample_every_samples / tc.batch_size))
+    max_steps = tc.max_steps or 2_000_000_000 // tc.batch_size  # official: 2e9 samples
+    log = JsonlLog(run / "stats.jsonl") if d.main else None
+    if d.main:
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(json.dumps(to_dict(cfg), indent=2), run / "config.json")
+        print(f"run {run}: {len(data)} images, {count_params(net):,} parameters ({count_params(net.encoder):,} in "
+              f"the code source), {tc.precision}, {d.world} process(es), from step {step}")
+    fixed = None
+    T = cfg.diffusion.num_timesteps
+    acc = torch.zeros(4 + 8, device=device)  # shift, noshift, count, nonfinite, q-sums (4), q-counts (4)
+    t_last = time.time()
+    bar = tqdm(total=max_steps, initial=step, disable=not d.main, desc="train", unit="step", dynamic_ncols=True)
+    while step < max_steps:
+        x0, index = next(loader)
+        x0, index = x0.to(device, non_blocking=True), index.to(device, non_blocking=True)
+        if fixed is None:
+            fixed = (x0[:4].clone(), index[:4].clone())
+            if d.main and not (run / "samples" / "real.png").exists():
+                (run / "samples").mkdir(parents=True, exist_ok=True)
+                save_grid(fixed[0], run / "samples" / "real.png", ncol=2)
+        window, t, noise, (code_keep, pos_keep) = draw(cfg, step, d.rank, x0.shape[0], device)
+        net.train()
+        with autocast(device, tc.precision):
+            shift, noshift = step_fn(x0, index, t, noise, window, code_keep, pos_keep)
+        loss = shift.mean() + noshift.mean()
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
+        if table is not None and tc.code_grad_scale != 1.0 and table.grad is not None:
+            table.grad.mul_(tc.code_grad_scale)  # Faithful: the LHQ table hack, after clipping (spec §3.2)
+        scaler.step(opt)
+        scaler.update()
+        ema.update(net)
+        step += 1
+        with torch.no_grad():
+            per = (shift + noshift).detach().float()
+            q = (t * 4 // T).clamp(max=3)
+            acc[0] += shift.detach().float().mean()
+            acc[1] += noshift.detach().float().mean()
+            acc[2] += 1
+            acc[3] += (~torch.isfinite(loss.detach())).float()
+            acc[4:8].index_add_(0, q, per)
+            acc[8:12].index_add_(0, q, torch.ones_like(per))
+        bar.update(1)
+        last = step == max_steps
+        if step % args.log_every == 0 or last:
+            tot = D.all_mean(acc, d) * d.world
+            if tot[3] > 0:
+                raise CLIError(f"non-finite loss before step {step}; stopping without saving. The last good "
+                               f"checkpoint is {ckpt_path}" + (" (none yet)" if not ckpt_path.exists() else ""))
+            dt = time.time() - t_last
+            n = tot[2].item() / d.world
+            row = dict(step=step, samples=step * tc.batch_size, loss=(tot[0] + tot[1]).item() / tot[2].item(),
+                       shift=tot[0].item() / tot[2].item(), noshift=tot[1].item() / tot[2].item(),
+                       loss_q=[round((tot[4 + i] / tot[8 + i]).item(), 6) if tot[8 + i] > 0 else None for i in range(4)],
+                       sec_per_step=dt / n, images_per_s=n * tc.batch_size / dt, grad_norm=float(grad_norm),
+                       lr=tc.lr, scale=scaler.get_scale() if scaler.is_enabled() else 1.0)
+            if d.main:
+                log.write(**row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", ips=f"{row['images_per_s']:.1f}")
+            acc.zero_()
+            t_last = time.time()
+        if d.main and (step % sample_steps == 0 or last):
+            preview(ema.model, cfg, *fixed, device, run / "samples" / f"{step:07d}.png")
+        if d.main and (step % save_steps == 0 or last):
+            atomic_save({"format": FORMAT, "config": to_dict(cfg), "step": step, "samples": step * tc.batch_size,
+                         "num_codes": len(data), "model": net.state_dict(), "ema": ema.state_dict(),
+                         "opt": opt.state_dict(), "scaler": scaler.state_dict()}, ckpt_path)
+        D.barrier(d)
+    bar.close()
+    return step
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    device_name = args.device
+    d = D.init_dist("cuda" if (device_name or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+                    else "cpu")
+    try:
+        device = pick_device(device_name, d.local_rank)
+        cfg = resolve_config(args, device.type)
+        if args.dry_run:
+            print(json.dumps(to_dict(cfg), indent=2))
+            return 0
+        check_precision(cfg.training.precision, device)
+        default_schedule()  # build the float64 constants once, before the loop
+        step = train(cfg, args, d, device)
+        if d.main:
+            print(f"done: step {step}, checkpoint {Path(args.runs_dir) / args.name / 'checkpoints' / 'last.pt'}")
+    finally:
+        D.cleanup(d)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
