@@ -32,9 +32,8 @@ from runtime.device import autocast, check_precision, pick_device
 from runtime.ema import EMA
 from runtime.errors import CLIError, check_divisible, run_cli
 from runtime.files import JsonlLog, atomic_save, atomic_write_text, save_grid
+from runtime.runs import TRAIN_FORMAT as FORMAT
 from runtime.runs import compatible_or_raise, load_code_table
-
-FORMAT = "patchdm-train-v1"
 
 
 class LossStep(nn.Module):

@@ -11,7 +11,7 @@ from .unet import PatchUNet
 
 __all__ = ["PatchDM", "build_patchdm", "PatchUNet", "ImageEncoder", "CodeTable", "LatentMLP", "LoadedModel", "CheckpointError",
            "load_official_checkpoint", "read_checkpoint", "build_unet", "build_encoder", "build_latent",
-           "count_params"]
+           "count_params", "unet_kwargs"]
 
 
 def build_unet(m) -> PatchUNet:

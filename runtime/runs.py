@@ -49,3 +49,47 @@ def compatible_or_raise(ckpt: dict, cfg, fmt: str, path) -> None:
 
 def config_of(ckpt: dict):
     return from_dict(ckpt["config"])
+
+
+TRAIN_FORMAT = "patchdm-train-v1"
+FULL_FORMAT = "patchdm-full-v1"
+
+
+def official_config(loaded):
+    """A config describing an official checkpoint's architecture (the nature preset's other settings)."""
+    from configs import get_preset, set_patch_size
+    cfg = set_patch_size(get_preset("nature"), loaded.patch_size)
+    cfg.model.code_source = "table" if loaded.encoder is None else "encoder"
+    return cfg
+
+
+def load_patch_model(path, ema: bool = True):
+    """(net, cfg, ckpt) from this project's train.py checkpoint or an official Patch-DM checkpoint.
+
+    net is a PatchDM (U-Net + code table or image encoder) in eval mode on the CPU, with the EMA weights unless
+    ema=False; ckpt is the raw dict for this project's files, None for official ones.
+    """
+    from model import PatchDM, build_patchdm, load_official_checkpoint
+    from model.encoder import CodeTable
+    from model.official import UNET_PREFIXES
+    obj = read_checkpoint(path)
+    if isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT:
+        cfg = config_of(obj)
+        sd = obj["ema" if ema else "model"]
+        n = sd["encoder.semantic_enc.weight"].shape[0] if "encoder.semantic_enc.weight" in sd else None
+        net = build_patchdm(cfg.model, n)
+        net.load_state_dict(sd)
+        return net.eval(), cfg, obj
+    if isinstance(obj, dict) and obj.get("format") == FULL_FORMAT:
+        raise CLIError(f"{path} is a latent (full) checkpoint; pass the Patch-DM checkpoint from train.py")
+    del obj
+    loaded = load_official_checkpoint(path, ema=ema)
+    cfg = official_config(loaded)
+    if loaded.encoder is None and loaded.codes is None:
+        raise CLIError(f"{path} has neither a code table nor an image encoder")
+    enc = loaded.encoder if loaded.encoder is not None else CodeTable(*loaded.codes.shape, init=loaded.codes)
+    from model import unet_kwargs
+    net = PatchDM(enc, **unet_kwargs(cfg.model))
+    net.load_state_dict({**loaded.unet.state_dict(), **{"encoder." + k: v for k, v in enc.state_dict().items()}})
+    assert all(k.startswith(UNET_PREFIXES) or k.startswith("encoder.") for k in net.state_dict())
+    return net.eval(), cfg, None

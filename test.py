@@ -1,0 +1,119 @@
+"""Generate images: latent DDIM -> semantic code -> patch DDIM over the canvas (official test.py, fixed; spec §7).
+
+    python test.py --full_path runs/exp_latent/checkpoints/last.pt --output_dir out --img_num 16
+    python test.py -f runs/exp_latent/checkpoints/last.pt -g out_wide --image_size 1024x2048 --img_num 4
+    python test.py -f official_latent.ckpt -g out --img_num 50000 --batch_size 8      # an official checkpoint
+
+Image k is drawn from its own seed (seed, k), so it is the same whatever --batch_size; PNGs (k.png) are written
+as they are produced. EMA weights are used by default (the official script silently used the raw ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from configs import from_dict
+from diffusion import ddim_sample_canvas, ddim_sample_latent
+from model import build_latent, build_patchdm, load_official_checkpoint, read_checkpoint
+from runtime.device import autocast, check_precision, pick_device
+from runtime.errors import CLIError, check_divisible, parse_hw, run_cli
+from runtime.files import save_png
+from runtime.runs import FULL_FORMAT, TRAIN_FORMAT
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
+    ap.add_argument("--batch_size", "-b", type=int, default=1, help="images per forward (default 1)")
+    ap.add_argument("--patch_size", "-ps", type=int, default=None, help="checked against the checkpoint if given")
+    ap.add_argument("--output_dir", "-g", default="./output_images", help="folder for k.png")
+    ap.add_argument("--image_size", "-img", default=None, help="HxW, any multiple of the patch (default 512x1024)")
+    ap.add_argument("--img_num", type=int, default=50000, help="number of images (official 50000)")
+    ap.add_argument("--full_path", "-f", default="", help="full checkpoint from train_latent.py, or an official one")
+    ap.add_argument("--semantic_enc", action="store_true", help="accepted for compatibility (read from checkpoint)")
+    ap.add_argument("--seed", type=int, default=0, help="image k uses the seed (seed, k)")
+    ap.add_argument("--cfg_scale", type=float, default=None, help="guidance w: (1+w) eps_c - w eps_u (0 = none)")
+    ap.add_argument("--steps", type=int, default=None, help="patch DDIM steps (default 50)")
+    ap.add_argument("--latent_steps", type=int, default=None, help="latent DDIM steps (default 50)")
+    ap.add_argument("--raw", action="store_true", help="official: raw (non-EMA) weights of official checkpoints")
+    ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default CUDA when present)")
+    ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
+                    help="autocast for the patch network (default fp16 on GPU as official, fp32 on CPU)")
+    ap.add_argument("--skip_existing", action="store_true", help="keep PNGs already in --output_dir")
+    return ap
+
+
+def load_full(path, raw: bool):
+    """(unet, latent_net, cfg, z_mean, z_std) from this project's full checkpoint or an official latent one."""
+    if not path:
+        raise CLIError("--full_path is required: the checkpoint written by train_latent.py (or an official one)")
+    obj = read_checkpoint(path)
+    if isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT:
+        raise CLIError(f"{path} is a train.py checkpoint without a latent model; run train_latent.py on it first")
+    if isinstance(obj, dict) and obj.get("format") == FULL_FORMAT:
+        cfg = from_dict(obj["config"])
+        sd = obj["patch_model"]
+        n = sd["encoder.semantic_enc.weight"].shape[0] if "encoder.semantic_enc.weight" in sd else None
+        net = build_patchdm(cfg.model, n)
+        net.load_state_dict(sd)
+        latent = build_latent(cfg.latent, cfg.model.code_dim)
+        latent.load_state_dict(obj["latent_raw" if raw else "latent"])
+        return net.eval(), latent.eval(), cfg, obj.get("z_mean"), obj.get("z_std")
+    del obj
+    loaded = load_official_checkpoint(path, ema=not raw)
+    if loaded.latent_net is None:
+        raise CLIError(f"{path} has no latent_net weights: pass the checkpoint written by train_latent.py")
+    from runtime.runs import official_config
+    # Faithful: the official test.py does not de-normalise (its latent net is trained without z-normalisation).
+    return loaded.unet, loaded.latent_net, official_config(loaded), None, None
+
+
+def per_image_noise(seed: int, k: int, code_dim: int, hw: tuple):
+    """z_T (code_dim,) and x_T (3, H, W) of image k, from its own generator (independent of the batch)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + k)
+    return torch.randn(code_dim, generator=g), torch.randn(3, *hw, generator=g)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    device = pick_device(args.device)
+    unet, latent, cfg, z_mean, z_std = load_full(args.full_path, args.raw)
+    p = cfg.model.patch_size
+    if args.patch_size and args.patch_size != p:
+        raise CLIError(f"--patch_size {args.patch_size} does not match the checkpoint's patch size {p}")
+    hw = parse_hw(args.image_size) if args.image_size else tuple(cfg.sampling.image_size)
+    check_divisible(hw, p)
+    if args.img_num < 1 or args.batch_size < 1:
+        raise CLIError("--img_num and --batch_size must be at least 1")
+    precision = check_precision(args.precision or ("fp16" if device.type == "cuda" else "fp32"), device)
+    steps = args.steps or cfg.sampling.steps
+    latent_steps = args.latent_steps or cfg.sampling.latent_steps
+    w = cfg.sampling.cfg_scale if args.cfg_scale is None else args.cfg_scale
+    unet, latent = unet.to(device), latent.to(device)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [k for k in range(args.img_num) if not (args.skip_existing and (out / f"{k}.png").exists())]
+    bar = tqdm(total=len(todo), desc="generate", unit="img", dynamic_ncols=True)
+    for start in range(0, len(todo), args.batch_size):
+        ks = todo[start:start + args.batch_size]
+        z_T, x_T = zip(*(per_image_noise(args.seed, k, cfg.model.code_dim, hw) for k in ks))
+        code = ddim_sample_latent(latent, torch.stack(z_T).to(device), steps=latent_steps)
+        if z_mean is not None:
+            code = code * z_std.to(device) + z_mean.to(device)
+        with autocast(device, precision):
+            img = ddim_sample_canvas(unet, torch.stack(x_T).to(device), code, steps=steps, patch_size=p, cfg_scale=w)
+        for k, x in zip(ks, img):
+            save_png(x, out / f"{k}.png")
+        bar.update(len(ks))
+    bar.close()
+    print(f"wrote {len(todo)} image(s) of {hw[0]}x{hw[1]} to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
