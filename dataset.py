@@ -113,6 +113,9 @@ class ImageDataset(Dataset):
 
     def _txn_get(self, key: bytes):
         if self._env is None or self._pid != os.getpid():  # one environment per process (fork-safe)
+            if self._env is not None:
+                # Inherited through fork: read-only and lock-free, so closing only unmaps this process's view.
+                self._env.close()
             self._env = lmdb.open(self.path, readonly=True, lock=False, readahead=False, meminit=False)
             self._pid = os.getpid()
         with self._env.begin(buffers=False) as txn:

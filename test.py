@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from configs import from_dict
-from diffusion import ddim_sample_canvas, ddim_sample_latent
+from diffusion import ddim_sample_canvas, ddim_sample_latent, space_timesteps
 from model import build_latent, build_patchdm, load_official_checkpoint, read_checkpoint
 from runtime.device import autocast, check_precision, pick_device
 from runtime.errors import CLIError, check_divisible, parse_hw, run_cli
@@ -94,6 +94,11 @@ def main(argv=None) -> int:
     steps = args.steps or cfg.sampling.steps
     latent_steps = args.latent_steps or cfg.sampling.latent_steps
     w = cfg.sampling.cfg_scale if args.cfg_scale is None else args.cfg_scale
+    for n, T in ((steps, cfg.diffusion.num_timesteps), (latent_steps, cfg.latent.num_timesteps)):
+        try:
+            space_timesteps(T, n)
+        except ValueError as e:
+            raise CLIError(f"{e} (try 10, 20, 25, 50, 100, ...)") from None
     unet, latent = unet.to(device), latent.to(device)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

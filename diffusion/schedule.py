@@ -27,7 +27,7 @@ def space_timesteps(num_timesteps: int, steps: int) -> list:
     """
     if steps == num_timesteps:
         return list(range(num_timesteps))
-    for stride in range(1, num_timesteps):
+    for stride in range(1, num_timesteps + 1):  # (+1 admits steps=1, which the official loop cannot make)
         if len(range(0, num_timesteps, stride)) == steps:
             return list(range(0, num_timesteps, stride))
     raise ValueError(f"cannot make exactly {steps} DDIM steps out of {num_timesteps} with an integer stride")

@@ -1,0 +1,299 @@
+"""The command-line chain on a tiny LMDB: img2lmdb -> initialize -> train -> train_latent -> test, and its errors."""
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dataset
+import img2lmdb
+import initialize
+import train
+import train_latent
+from runtime.errors import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(f"patchdm_{name}", ROOT / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+sample = _load_script("test")  # the generation script (a name pytest and the stdlib also use)
+
+
+def _photo(h, w, seed):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x / w, y / h, (x + y) / (h + w)], -1) * 255
+    return np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """A folder with 6 good images of assorted kinds, a corrupt JPEG, a text file and a nested folder."""
+    root = tmp_path_factory.mktemp("photos")
+    (root / "sub" / "deeper").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(_photo(40, 64, i)).save(root / f"img{i}.jpg", quality=95)
+    Image.fromarray(_photo(40, 64, 5)).convert("CMYK").save(root / "sub" / "cmyk.JPG")
+    a16 = (np.linspace(0, 65535, 40 * 64).reshape(40, 64)).astype(np.uint16)
+    Image.fromarray(a16).save(root / "sub" / "gray16.png")
+    rgba = Image.fromarray(_photo(64, 40, 6)).convert("RGBA")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 on display: stored 64x40 (HxW) becomes 40x64
+    rgba.convert("RGB").save(root / "sub" / "deeper" / "rotated.jpeg", exif=exif)
+    good = (root / "img0.jpg").read_bytes()
+    (root / "broken.jpg").write_bytes(good[: len(good) // 2])
+    (root / "notes.txt").write_text("not an image")
+    (root / "fake.png").write_text("also not an image")
+    return root
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder).as_posix(): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def lmdb_path(photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "tiny.lmdb"
+    before = _snapshot(photos)
+    assert run_cli(img2lmdb.main, ["-i", str(photos), "-o", str(out), "-n", "2"]) == 0
+    assert _snapshot(photos) == before  # the user's files are untouched
+    return out
+
+
+def test_img2lmdb_contents(lmdb_path, photos, capsys):
+    env = lmdb.open(str(lmdb_path), readonly=True, lock=False)
+    with env.begin() as txn:
+        assert txn.get(b"length") == b"6"
+        keys = [k for k, _ in txn.cursor() if not k.startswith(b"__") and k != b"length"]
+        sources = json.loads(txn.get(b"__sources__"))
+    env.close()
+    assert keys == [str(i).zfill(7).encode() for i in range(6)]  # the official reader's keys
+    assert sources == ["img0.jpg", "img1.jpg", "img2.jpg", "sub/cmyk.JPG", "sub/deeper/rotated.jpeg",
+                       "sub/gray16.png"]
+    skipped = (lmdb_path / "skipped.txt").read_text()
+    for name in ("broken.jpg", "notes.txt", "fake.png"):
+        assert name in skipped
+    data = dataset.ImageDataset(lmdb_path, (8, 16), "resize_crop", (8, 16))
+    assert data.load(4).size == (64, 40)  # EXIF orientation applied (W, H)
+    gray = np.asarray(data.load(5))
+    assert gray.max() > 250 and gray.min() < 5  # 16-bit scaled, not clipped to white
+    assert np.asarray(data.load(3)).shape == (40, 64, 3)
+    # an existing output is never overwritten silently
+    assert run_cli(img2lmdb.main, ["-i", str(photos), "-o", str(lmdb_path)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_img2lmdb_with_preset_geometry(photos, tmp_path):
+    out = tmp_path / "geo.lmdb"
+    assert run_cli(img2lmdb.main, ["-i", str(photos), "-o", str(out), "-n", "1", "--config", "tiny"]) == 0
+    data = dataset.ImageDataset(out, (16, 24), "resize_crop", (16, 24))
+    assert all(data.load(i).size == (24, 16) for i in range(len(data)))
+
+
+def test_dataset_lmdb_folder_and_workers(lmdb_path, photos):
+    lm = dataset.ImageDataset(lmdb_path, (16, 24), "resize_crop", (16, 24))
+    x, i = lm[2]
+    assert x.shape == (3, 16, 24) and i == 2 and -1 <= x.min() and x.max() <= 1
+    folder = dataset.ImageDataset(photos, (16, 24), "nature", (16, 32))
+    assert len(folder) == 8  # a folder lists files by extension; broken ones fail at read time
+    loader = torch.utils.data.DataLoader(lm, batch_size=3, num_workers=2)
+    xs, idx = next(iter(loader))
+    assert xs.shape == (3, 3, 16, 24) and idx.tolist() == [0, 1, 2]
+    with pytest.raises(dataset.DataError, match="cannot decode"):
+        folder.load([p.name for p in folder.files].index("broken.jpg"))
+
+
+@pytest.fixture(scope="module")
+def codes(lmdb_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("codes") / "semantic.pt"
+    assert run_cli(initialize.main, ["-d", str(lmdb_path), "-o", str(out), "--clip_pretrained", "none",
+                                     "--device", "cpu", "--num_workers", "0", "--batch_size", "4"]) == 0
+    table = torch.load(out, weights_only=True)["model_state_dict"]["semantic_enc.weight"]
+    assert table.shape == (6, 512) and table.std() > 0
+    return out
+
+
+def test_initialize_offline_fails_fast_with_the_file_to_provide(lmdb_path, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rc = run_cli(initialize.main, ["-d", str(lmdb_path), "-o", str(tmp_path / "s.pt"), "--device", "cpu",
+                                   "--cache_dir", str(tmp_path / "empty_cache")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not on this machine" in err and "--clip_pretrained PATH" in err
+    assert not (tmp_path / "s.pt").exists()
+
+
+def _train(lmdb_path, codes, runs, name, steps, *extra):
+    return run_cli(train.main, ["--config", "tiny", "-d", str(lmdb_path), "--semantic_path", str(codes), "-n", name,
+                                "--max_steps", str(steps), "--log_every", "1", "--device", "cpu",
+                                "--runs_dir", str(runs), *extra])
+
+
+def _losses(run):
+    return [json.loads(line)["loss"] for line in (run / "stats.jsonl").read_text().splitlines()]
+
+
+def test_full_chain(lmdb_path, codes, tmp_path):
+    runs = tmp_path / "runs"
+    assert _train(lmdb_path, codes, runs, "exp", 3) == 0
+    run = runs / "exp"
+    assert (run / "checkpoints" / "last.pt").exists() and (run / "samples" / "real.png").exists()
+    assert len(_losses(run)) == 3 and json.loads((run / "config.json").read_text())["name"] == "tiny"
+    assert run_cli(train_latent.main, ["-m", str(run / "checkpoints" / "last.pt"), "-n", "lat", "--max_steps", "3",
+                                       "--device", "cpu", "--runs_dir", str(runs), "--znormalize"]) == 0
+    full = runs / "lat" / "checkpoints" / "last.pt"
+    out = tmp_path / "gen"
+    assert run_cli(sample.main, ["-f", str(full), "-g", str(out), "--img_num", "3", "-b", "2", "--device", "cpu",
+                                 "--steps", "4", "--latent_steps", "4"]) == 0
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == ["0.png", "1.png", "2.png"]
+    assert Image.open(pngs[0]).size == (24, 16)  # the 2x3-patch canvas of the tiny preset
+    # image k is the same whatever the batch size
+    one = tmp_path / "gen1"
+    assert run_cli(sample.main, ["-f", str(full), "-g", str(one), "--img_num", "3", "-b", "1", "--device", "cpu",
+                                 "--steps", "4", "--latent_steps", "4"]) == 0
+    for k in range(3):
+        a = np.asarray(Image.open(out / f"{k}.png"), dtype=int)
+        b = np.asarray(Image.open(one / f"{k}.png"), dtype=int)
+        assert np.abs(a - b).max() <= 1
+    # a larger canvas than the training size
+    wide = tmp_path / "wide"
+    assert run_cli(sample.main, ["-f", str(full), "-g", str(wide), "--img_num", "1", "--image_size", "24x40",
+                                 "--device", "cpu", "--steps", "2", "--latent_steps", "2"]) == 0
+    assert Image.open(wide / "0.png").size == (40, 24)
+
+
+def test_resume_gives_the_same_next_steps(lmdb_path, codes, tmp_path):
+    runs = tmp_path / "runs"
+    assert _train(lmdb_path, codes, runs, "straight", 4) == 0
+    assert _train(lmdb_path, codes, runs, "split", 2) == 0
+    assert _train(lmdb_path, codes, runs, "split", 4) == 0
+    assert _losses(runs / "split") == _losses(runs / "straight")
+    a = torch.load(runs / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(runs / "split" / "checkpoints" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 4
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+
+
+def test_dry_run_prints_config(capsys):
+    assert run_cli(train.main, ["--config", "ffhq256", "--cfg", "--semantic_enc", "-b", "64", "--dry_run",
+                                "--device", "cpu"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["training"]["batch_size"] == 64 and cfg["model"]["code_source"] == "encoder"
+    assert cfg["training"]["precision"] == "fp32"  # fp16 is GPU-only
+
+
+def _err(capsys, fn, argv):
+    rc = run_cli(fn, argv)
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+def test_user_errors_are_one_line(lmdb_path, codes, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    rc, err = _err(capsys, train.main, ["--config", "tiny", "-d", str(tmp_path / "nope"), "--semantic_path", str(codes),
+                                        "--device", "cpu", "--runs_dir", str(runs)])
+    assert rc == 2 and "does not exist" in err and err.count("\n") == 0
+    rc, err = _err(capsys, train.main, ["--config", "tiny", "-d", str(lmdb_path), "--device", "cpu",
+                                        "--runs_dir", str(runs)])
+    assert rc == 2 and "--semantic_path is required" in err
+    short = tmp_path / "short.pt"
+    torch.save({"model_state_dict": {"semantic_enc.weight": torch.zeros(4, 512)}}, short)
+    rc, err = _err(capsys, train.main, ["--config", "tiny", "-d", str(lmdb_path), "--semantic_path", str(short),
+                                        "--device", "cpu", "--runs_dir", str(runs)])
+    assert rc == 2 and "4 rows" in err and "6 images" in err
+    rc, err = _err(capsys, train.main, ["--config", "tiny", "-d", str(lmdb_path), "--semantic_path", str(codes),
+                                        "--set", "data.image_size=[20,24]", "--device", "cpu", "--dry_run"])
+    assert rc == 2 and "20x24 is not divisible by the patch size 8" in err
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage" * 50)
+    rc, err = _err(capsys, sample.main, ["-f", str(tmp_path / "corrupt.pt"), "--device", "cpu"])
+    assert rc == 2 and "truncated or corrupt" in err
+    rc, err = _err(capsys, sample.main, ["-f", str(tmp_path / "missing.pt"), "--device", "cpu"])
+    assert rc == 2 and "does not exist" in err
+    if not torch.cuda.is_available():
+        rc, err = _err(capsys, sample.main, ["-f", str(tmp_path / "missing.pt"), "--device", "cuda"])
+        assert rc == 2 and "CUDA is not available" in err
+
+
+def test_resume_refuses_another_architecture(lmdb_path, codes, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert _train(lmdb_path, codes, runs, "exp", 1) == 0
+    rc = _train(lmdb_path, codes, runs, "exp", 2, "--set", "model.model_channels=16")
+    err = capsys.readouterr().err
+    assert rc == 2 and "model.model_channels=8 in the checkpoint, 16 now" in err
+    ckpt = runs / "exp" / "checkpoints" / "last.pt"
+    rc, err = _err(capsys, sample.main, ["-f", str(ckpt), "--device", "cpu"])
+    assert rc == 2 and "run train_latent.py on it first" in err
+    rc, err = _err(capsys, sample.main, ["-f", str(ckpt), "--device", "cpu", "--patch_size", "64"])
+    assert rc == 2
+
+
+def test_nonfinite_loss_stops_and_keeps_last_checkpoint(lmdb_path, codes, tmp_path, capsys, monkeypatch):
+    runs = tmp_path / "runs"
+    assert _train(lmdb_path, codes, runs, "exp", 2) == 0
+    ckpt = runs / "exp" / "checkpoints" / "last.pt"
+    before = ckpt.read_bytes()
+    real = train.patch_loss_terms
+
+    def poisoned(*a, **k):
+        s, n = real(*a, **k)
+        return s * float("nan"), n
+
+    monkeypatch.setattr(train, "patch_loss_terms", poisoned)
+    rc = _train(lmdb_path, codes, runs, "exp", 4)
+    err = capsys.readouterr().err
+    assert rc == 2 and "non-finite loss" in err and str(ckpt) in err
+    assert ckpt.read_bytes() == before
+
+
+def test_atomic_save_survives_a_failed_write(tmp_path, monkeypatch):
+    from runtime import files
+    path = tmp_path / "ck" / "last.pt"
+    files.atomic_save({"step": 1}, path)
+
+    def exploding_save(obj, f):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files.torch, "save", exploding_save)
+    with pytest.raises(OSError):
+        files.atomic_save({"step": 2}, path)
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert os.listdir(path.parent) == ["last.pt"]
+
+
+@pytest.mark.slow
+def test_official_checkpoints_through_the_scripts(tmp_path):
+    from tests.test_checkpoint import lightning_file, synthetic_state
+    sd = synthetic_state("official-state-dict-p64.tsv")
+    full = lightning_file(tmp_path / "official_full.ckpt", sd)
+    out = tmp_path / "gen"
+    args = ["-f", str(full), "-g", str(out), "--img_num", "1", "--image_size", "64x128", "--device", "cpu",
+            "--steps", "2", "--latent_steps", "2"]
+    assert run_cli(sample.main, args) == 0
+    assert Image.open(out / "0.png").size == (128, 64)
+    # train_latent reads the official code table (8 rows) and writes a full checkpoint test.py accepts
+    patch_only = lightning_file(tmp_path / "official_patch.ckpt",
+                                {k: v for k, v in sd.items() if not k.startswith("latent_net.")})
+    runs = tmp_path / "runs"
+    assert run_cli(train_latent.main, ["-m", str(patch_only), "-n", "lat", "--max_steps", "1", "--device", "cpu",
+                                       "--runs_dir", str(runs), "--set", "latent.hidden=64", "latent.num_layers=3"]) == 0
+    ck = torch.load(runs / "lat" / "checkpoints" / "last.pt", weights_only=True)
+    assert torch.equal(ck["patch_model"]["encoder.semantic_enc.weight"], sd["encoder.semantic_enc.weight"])
+    assert run_cli(sample.main, ["-f", str(runs / "lat" / "checkpoints" / "last.pt"), "-g", str(tmp_path / "g2"),
+                                 "--img_num", "1", "--image_size", "64x64", "--device", "cpu", "--steps", "1",
+                                 "--latent_steps", "1"]) == 0
+    rc = run_cli(sample.main, ["-f", str(full), "-g", str(out), "--device", "cpu", "--steps", "999"])
+    assert rc == 2
