@@ -138,7 +138,7 @@ def _tiny() -> Config:
                           attention_levels=(2,), embed_channels=32, pos_sinusoid=8, code_dim=512, dropout=0.0,
                           encoder_channels=8, encoder_mult=(1, 2, 2), encoder_attention_levels=(2,))
     c.data = DataConfig(image_size=(16, 24), transform="resize_crop", resize=(16, 24), num_workers=0)
-    c.training = TrainingConfig(batch_size=4, precision="fp32", save_every_samples=8, sample_every_samples=8)
+    c.training = TrainingConfig(batch_size=4, precision="fp32", save_every_samples=1600, sample_every_samples=1600)
     c.latent = LatentConfig(hidden=32, num_layers=3, time_sinusoid=16, batch_size=8, total_samples=64,
                             save_every_samples=32)
     c.sampling = SamplingConfig(image_size=(16, 24), steps=5, latent_steps=5)
