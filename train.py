@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from runtime.ema import EMA
 from runtime.errors import CLIError, check_divisible, run_cli
 from runtime.files import JsonlLog, atomic_save, atomic_write_text, save_grid
 from runtime.runs import TRAIN_FORMAT as FORMAT
-from runtime.runs import compatible_or_raise, load_code_table
+from runtime.runs import compatible_or_raise, load_code_table, restore_training
 
 
 class LossStep(nn.Module):
@@ -168,11 +167,7 @@ def train(cfg, args, d: D.Dist, device):
     scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
     step = 0
     if resume is not None:
-        net.load_state_dict(resume["model"])
-        ema.load_state_dict(resume["ema"])
-        opt.load_state_dict(resume["opt"])
-        scaler.load_state_dict(resume["scaler"])
-        step = resume["step"]
+        step = restore_training(resume, net, ema, opt, scaler, "model", "ema")
         del resume
     b_local = tc.batch_size // d.world
     if b_local * d.world != tc.batch_size:

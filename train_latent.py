@@ -29,7 +29,7 @@ from runtime.device import autocast, check_precision, pick_device
 from runtime.ema import EMA
 from runtime.errors import CLIError, run_cli
 from runtime.files import JsonlLog, atomic_save, atomic_write_text
-from runtime.runs import FULL_FORMAT, compatible_or_raise, load_patch_model
+from runtime.runs import FULL_FORMAT, compatible_or_raise, load_patch_model, restore_training
 from train import seeded
 
 
@@ -90,11 +90,7 @@ def train_latent(codes: torch.Tensor, cfg, args, device, run: Path, full: dict) 
     if ckpt_path.exists():
         old = read_checkpoint(ckpt_path)
         compatible_or_raise(old, cfg, FULL_FORMAT, ckpt_path)
-        net.load_state_dict(old["latent_raw"])
-        ema.load_state_dict(old["latent"])
-        opt.load_state_dict(old["opt"])
-        scaler.load_state_dict(old["scaler"])
-        step = old["step"]
+        step = restore_training(old, net, ema, opt, scaler, "latent_raw", "latent")
         del old
     mean, std = codes.mean(0), codes.std(0)
     z = ((codes - mean) / std if args.znormalize else codes).to(device)

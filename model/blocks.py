@@ -134,3 +134,26 @@ class CondSequential(nn.Sequential):
         for layer in self:
             x = layer(x, emb, code) if isinstance(layer, (ResBlock, AttentionBlock)) else layer(x)
         return x
+
+
+def encoder_half(model_channels: int, channel_mult, num_res_blocks: int, attention_levels, rb, in_channels: int = 3):
+    """Input conv, ``num_res_blocks`` ResBlocks per level (+ attention at ``attention_levels``) and a down-sampling
+    ResBlock between levels, as the official constructors lay them out. ``rb(cin, cout, resample)`` makes a ResBlock.
+
+    Returns (input_blocks, skip_channels, out_channels).
+    """
+    ch = channel_mult[0] * model_channels
+    blocks = nn.ModuleList([CondSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
+    skip_chans = [ch]
+    for level, mult in enumerate(channel_mult):
+        for _ in range(num_res_blocks):
+            layers = [rb(ch, mult * model_channels, None)]
+            ch = mult * model_channels
+            if level in attention_levels:
+                layers.append(AttentionBlock(ch))
+            blocks.append(CondSequential(*layers))
+            skip_chans.append(ch)
+        if level != len(channel_mult) - 1:
+            blocks.append(CondSequential(rb(ch, ch, "down")))
+            skip_chans.append(ch)
+    return blocks, skip_chans, ch

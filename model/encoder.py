@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import AttentionBlock, CondSequential, ResBlock, norm
+from .blocks import AttentionBlock, CondSequential, ResBlock, encoder_half, norm
 
 
 class CodeTable(nn.Module):
@@ -47,17 +47,8 @@ class ImageEncoder(nn.Module):
         def rb(cin, cout, resample=None):
             return ResBlock(cin, cout, dropout=dropout, resample=resample, cond=False)
 
-        ch = channel_mult[0] * model_channels
-        self.input_blocks = nn.ModuleList([CondSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers = [rb(ch, mult * model_channels)]
-                ch = mult * model_channels
-                if level in attention_levels:
-                    layers.append(AttentionBlock(ch))
-                self.input_blocks.append(CondSequential(*layers))
-            if level != len(channel_mult) - 1:
-                self.input_blocks.append(CondSequential(rb(ch, ch, "down")))
+        self.input_blocks, _, ch = encoder_half(model_channels, channel_mult, num_res_blocks, attention_levels, rb,
+                                                in_channels)
         self.middle_block = CondSequential(rb(ch, ch), AttentionBlock(ch), rb(ch, ch))
         self.out = nn.Sequential(norm(ch), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Conv2d(ch, code_dim, 1),
                                  nn.Flatten())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import AttentionBlock, CondSequential, ResBlock, norm, sinusoid, zero_
+from .blocks import AttentionBlock, CondSequential, ResBlock, encoder_half, norm, sinusoid, zero_
 
 
 class TimePosEmbed(nn.Module):
@@ -62,21 +62,9 @@ class PatchUNet(nn.Module):
         def rb(cin, cout, resample=None):
             return ResBlock(cin, cout, embed_channels, code_dim, dropout, resample=resample)
 
-        ch = model_channels
-        self.input_blocks = nn.ModuleList([CondSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
-        skip_chans = [ch]
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers = [rb(ch, mult * model_channels)]
-                ch = mult * model_channels
-                if level in attention_levels:
-                    layers.append(AttentionBlock(ch))
-                self.input_blocks.append(CondSequential(*layers))
-                skip_chans.append(ch)
-            if level != self.num_levels - 1:
-                self.input_blocks.append(CondSequential(rb(ch, ch, "down")))
-                skip_chans.append(ch)
-
+        # Faithful: conv_in width is model_channels (channel_mult[0] is 1 in every official table).
+        self.input_blocks, skip_chans, ch = encoder_half(model_channels, channel_mult, num_res_blocks,
+                                                         attention_levels, rb, in_channels)
         self.middle_block = CondSequential(rb(ch, ch), AttentionBlock(ch), rb(ch, ch))
 
         self.output_blocks = nn.ModuleList()

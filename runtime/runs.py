@@ -93,3 +93,12 @@ def load_patch_model(path, ema: bool = True):
     net.load_state_dict({**loaded.unet.state_dict(), **{"encoder." + k: v for k, v in enc.state_dict().items()}})
     assert all(k.startswith(UNET_PREFIXES) or k.startswith("encoder.") for k in net.state_dict())
     return net.eval(), cfg, None
+
+
+def restore_training(ckpt: dict, model, ema, opt, scaler, model_key: str, ema_key: str) -> int:
+    """Load model, EMA, optimizer and scaler states from a checkpoint dict; returns its step."""
+    model.load_state_dict(ckpt[model_key])
+    ema.load_state_dict(ckpt[ema_key])
+    opt.load_state_dict(ckpt["opt"])
+    scaler.load_state_dict(ckpt["scaler"])
+    return ckpt["step"]

@@ -3,7 +3,6 @@ import torch
 
 from configs import get_preset, preset_names
 from model import build_encoder, build_latent, build_unet, count_params
-from tests.conftest import randomize
 
 D = 512  # code width of the tiny preset (CLIP width, as every real preset)
 
