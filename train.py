@@ -105,23 +105,31 @@ def resolve_config(args, device_type: str):
     return cfg
 
 
-def seeded(seed: int, rank: int, step: int, stream: int) -> int:
-    """Independent seed per (run seed, rank, step, stream): all randomness is a function of the step."""
-    return (((seed * 1_000_003 + rank) * 1_000_003 + step) * 7 + stream) % (2 ** 63)
+def seeded(seed: int, index: int, step: int, stream: int) -> int:
+    """Independent seed per (run seed, rank or sample index, step, stream): randomness is a function of the step."""
+    return (((seed * 1_000_003 + index) * 1_000_003 + step) * 7 + stream) % (2 ** 63)
 
 
-def draw(cfg, step: int, rank: int, b: int, device):
-    """Window (shared by all ranks), timesteps, noise and CFG masks for one step."""
+def draw(cfg, step: int, rank: int, b: int, world: int, device):
+    """Window, timesteps, noise and CFG masks of this rank's slice of the global batch at ``step``.
+
+    Everything is drawn per global sample index, so the global batch gets the same draws whatever the number of
+    processes (only dropout, seeded per rank, differs).
+    """
     seed, p = cfg.training.seed, cfg.model.patch_size
     h, w = cfg.data.image_size
-    window = sample_window(h, w, p, torch.Generator().manual_seed(seeded(seed, 0, step, 0)))
-    g = torch.Generator().manual_seed(seeded(seed, rank, step, 1))
-    t = torch.randint(0, cfg.diffusion.num_timesteps, (b,), generator=g)
+    g = torch.Generator().manual_seed(seeded(seed, 0, step, 0))
+    window = sample_window(h, w, p, g)
+    mine = slice(rank * b, (rank + 1) * b)
+    t = torch.randint(0, cfg.diffusion.num_timesteps, (b * world,), generator=g)[mine]
     masks = (None, None)
     if cfg.training.cfg:
-        masks = cfg_keep_masks(b, cfg.training.cfg_code_drop, cfg.training.cfg_pos_drop, g, device)
-    gd = torch.Generator(device).manual_seed(seeded(seed, rank, step, 2))
-    noise = torch.randn(b, 3, h + p, w + p, generator=gd, device=device)
+        code_keep, pos_keep = cfg_keep_masks(b * world, cfg.training.cfg_code_drop, cfg.training.cfg_pos_drop, g)
+        masks = (code_keep[mine].to(device), pos_keep[mine].to(device))
+    noise = torch.empty(b, 3, h + p, w + p, device=device)
+    for i, j in enumerate(range(rank * b, (rank + 1) * b)):
+        gj = torch.Generator(device).manual_seed(seeded(seed, j, step, 2))
+        noise[i] = torch.randn(3, h + p, w + p, generator=gj, device=device)
     torch.manual_seed(seeded(seed, rank, step, 3))  # dropout
     return window, t.to(device), noise, masks
 
@@ -201,7 +209,7 @@ def train(cfg, args, d: D.Dist, device):
             if d.main and not (run / "samples" / "real.png").exists():
                 (run / "samples").mkdir(parents=True, exist_ok=True)
                 save_grid(fixed[0], run / "samples" / "real.png", ncol=2)
-        window, t, noise, (code_keep, pos_keep) = draw(cfg, step, d.rank, x0.shape[0], device)
+        window, t, noise, (code_keep, pos_keep) = draw(cfg, step, d.rank, x0.shape[0], d.world, device)
         net.train()
         with autocast(device, tc.precision):
             shift, noshift = step_fn(x0, index, t, noise, window, code_keep, pos_keep)

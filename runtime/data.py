@@ -11,13 +11,14 @@ from .errors import CLIError
 class StepBatchSampler(Sampler):
     """Endless batches for one rank, a pure function of (seed, step): resuming at step s continues exactly.
 
-    Each epoch is a permutation seeded by (seed, epoch), split across ranks (rank::world) and cut into batches of
-    ``batch`` with the remainder dropped (as the official drop_last=True).
+    Each epoch is a permutation seeded by (seed, epoch), cut into global batches of ``batch * world`` with the
+    remainder dropped (as the official drop_last=True); rank r takes the r-th slice of ``batch``. The global batch
+    is therefore the same whatever the number of processes.
     """
 
     def __init__(self, n: int, batch: int, seed: int = 0, rank: int = 0, world: int = 1, start_step: int = 0):
         self.n, self.batch, self.seed, self.rank, self.world, self.start = n, batch, seed, rank, world, start_step
-        self.steps_per_epoch = (n // world) // batch
+        self.steps_per_epoch = n // (batch * world)
         if self.steps_per_epoch == 0:
             raise CLIError(f"the dataset has {n} images, fewer than one global batch of {batch * world}; "
                            "lower --batch_size")
@@ -25,8 +26,8 @@ class StepBatchSampler(Sampler):
     def batch_at(self, step: int) -> list:
         epoch, k = divmod(step, self.steps_per_epoch)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        shard = torch.randperm(self.n, generator=g)[self.rank::self.world]
-        return shard[k * self.batch:(k + 1) * self.batch].tolist()
+        start = k * self.batch * self.world + self.rank * self.batch
+        return torch.randperm(self.n, generator=g)[start:start + self.batch].tolist()
 
     def __iter__(self):
         step = self.start

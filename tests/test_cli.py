@@ -297,3 +297,25 @@ def test_official_checkpoints_through_the_scripts(tmp_path):
                                  "--latent_steps", "1"]) == 0
     rc = run_cli(sample.main, ["-f", str(full), "-g", str(out), "--device", "cpu", "--steps", "999"])
     assert rc == 2
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(lmdb_path, codes, tmp_path):
+    import subprocess
+    import sys
+    runs = tmp_path / "runs"
+    common = ["--config", "tiny", "-d", str(lmdb_path), "--semantic_path", str(codes), "-b", "4", "--max_steps", "3",
+              "--log_every", "1", "--device", "cpu", "--runs_dir", str(runs)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(ROOT / "train.py"), *common, "-n", "ddp"], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 process(es)" in proc.stdout
+    assert run_cli(train.main, [*common, "-n", "one"]) == 0
+    assert _losses(runs / "ddp") == pytest.approx(_losses(runs / "one"), rel=1e-5)
+    a = torch.load(runs / "ddp" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(runs / "one" / "checkpoints" / "last.pt", weights_only=True)
+    for k in b["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-5, rtol=1e-4), k
+    assert sorted(p.name for p in (runs / "ddp" / "checkpoints").iterdir()) == ["last.pt"]
