@@ -306,7 +306,8 @@ def test_torchrun_two_processes_match_one(lmdb_path, codes, tmp_path):
     runs = tmp_path / "runs"
     common = ["--config", "tiny", "-d", str(lmdb_path), "--semantic_path", str(codes), "-b", "4", "--max_steps", "3",
               "--log_every", "1", "--device", "cpu", "--runs_dir", str(runs)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(ROOT / "train.py"), *common, "-n", "ddp"], env=env, capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
