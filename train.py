@@ -146,8 +146,77 @@ def preview(net, cfg, x0, index, device, path):
     save_grid(img.float(), path, ncol=2)
 
 
+def build_net(cfg, args, data, resume):
+    """The PatchDM to train: a code table initialised from --semantic_path (rows must match the images), or the
+    image encoder. Initial weights depend only on the seed (the same on every rank and every run)."""
+    code_init = None
+    if cfg.model.code_source == "table":
+        if resume is None:
+            if not args.semantic_path:
+                raise CLIError("--semantic_path is required for a code-table model (make one with initialize.py), "
+                               "or pass --semantic_enc to train the image encoder")
+            code_init = load_code_table(args.semantic_path)
+            rows = code_init.shape[0]
+        else:
+            rows = resume["model"]["encoder.semantic_enc.weight"].shape[0]
+        if rows != len(data):
+            raise CLIError(f"the code table has {rows} rows but the dataset {args.data_path} has {len(data)} "
+                           "images; they must match (re-run initialize.py on this dataset)")
+    torch.manual_seed(cfg.training.seed)
+    return build_patchdm(cfg.model, len(data), code_init)
+
+
+class Meter:
+    """Loss sums on the device between log rows (no host sync per step): both terms, count, non-finite steps, and
+    the loss per timestep quartile."""
+
+    def __init__(self, device, num_timesteps: int):
+        self.acc = torch.zeros(12, device=device)  # shift, noshift, steps, nonfinite, q-sums (4), q-counts (4)
+        self.T, self.t0 = num_timesteps, time.time()
+
+    @torch.no_grad()
+    def add(self, shift, noshift, t):
+        per = (shift + noshift).float()
+        q = (t * 4 // self.T).clamp(max=3)
+        self.acc[0] += shift.float().mean()
+        self.acc[1] += noshift.float().mean()
+        self.acc[2] += 1
+        self.acc[3] += (~torch.isfinite(per.mean())).float()
+        self.acc[4:8].index_add_(0, q, per)
+        self.acc[8:12].index_add_(0, q, torch.ones_like(per))
+
+    def row(self, d: D.Dist, step: int, batch: int) -> dict:
+        """Averages over ranks and steps since the last row; resets. Raises on a non-finite loss."""
+        tot = D.all_mean(self.acc, d) * d.world
+        if tot[3] > 0:
+            raise FloatingPointError(f"non-finite loss before step {step}")
+        dt, n = time.time() - self.t0, tot[2].item() / d.world
+        steps = tot[2].item()
+        row = dict(step=step, samples=step * batch, loss=(tot[0] + tot[1]).item() / steps,
+                   shift=tot[0].item() / steps, noshift=tot[1].item() / steps,
+                   loss_q=[round((tot[4 + i] / tot[8 + i]).item(), 6) if tot[8 + i] > 0 else None for i in range(4)],
+                   sec_per_step=dt / n, images_per_s=n * batch / dt)
+        self.acc.zero_()
+        self.t0 = time.time()
+        return row
+
+
+def optimizer_step(net, opt, scaler, loss, tc) -> torch.Tensor:
+    """Backward, unscale, clip the global grad norm, the LHQ table hack, step, scaler update. Returns the norm."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
+    table = net.encoder.weight if net.uses_table else None
+    if table is not None and tc.code_grad_scale != 1.0 and table.grad is not None:
+        table.grad.mul_(tc.code_grad_scale)  # Faithful: the LHQ table hack, after clipping (spec §3.2)
+    scaler.step(opt)
+    scaler.update()
+    return grad_norm
+
+
 def train(cfg, args, d: D.Dist, device):
-    run = Path(args.runs_dir) / args.name
+    run, tc = Path(args.runs_dir) / args.name, cfg.training
     ckpt_path = run / "checkpoints" / "last.pt"
     try:
         data = build_dataset(args.data_path, cfg.data)
@@ -156,109 +225,63 @@ def train(cfg, args, d: D.Dist, device):
     resume = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if resume is not None:
         compatible_or_raise(resume, cfg, FORMAT, ckpt_path)
-    code_init = None
-    if cfg.model.code_source == "table":
-        if resume is None:
-            if not args.semantic_path:
-                raise CLIError("--semantic_path is required for a code-table model (make one with initialize.py), "
-                               "or pass --semantic_enc to train the image encoder")
-            code_init = load_code_table(args.semantic_path)
-        num_codes = code_init.shape[0] if code_init is not None else resume["model"]["encoder.semantic_enc.weight"].shape[0]
-        if num_codes != len(data):
-            raise CLIError(f"the code table has {num_codes} rows but the dataset {args.data_path} has {len(data)} "
-                           "images; they must match (re-run initialize.py on this dataset)")
-    torch.manual_seed(cfg.training.seed)  # the same initial weights on every rank and every run
-    net = build_patchdm(cfg.model, len(data), code_init).to(device)
-    ema = EMA(net, cfg.training.ema_decay)
-    tc = cfg.training
+    net = build_net(cfg, args, data, resume).to(device)
+    ema = EMA(net, tc.ema_decay)
     opt = torch.optim.Adam(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
-    step = 0
-    if resume is not None:
-        step = restore_training(resume, net, ema, opt, scaler, "model", "ema")
-        del resume
+    step = 0 if resume is None else restore_training(resume, net, ema, opt, scaler, "model", "ema")
+    del resume
     b_local = tc.batch_size // d.world
     if b_local * d.world != tc.batch_size:
         raise CLIError(f"batch size {tc.batch_size} is not divisible by the {d.world} processes")
     step_fn = LossStep(net, cfg.model.patch_size)
     if d.enabled:
-        step_fn = nn.parallel.DistributedDataParallel(step_fn, device_ids=[device.index] if device.type == "cuda" else None)
-    sampler = StepBatchSampler(len(data), b_local, tc.seed, d.rank, d.world, start_step=step)
-    loader = iter(make_loader(data, sampler, cfg.data.num_workers, device.type == "cuda"))
-    table = net.encoder.weight if net.uses_table else None
-
+        step_fn = nn.parallel.DistributedDataParallel(
+            step_fn, device_ids=[device.index] if device.type == "cuda" else None)
+    loader = iter(make_loader(data, StepBatchSampler(len(data), b_local, tc.seed, d.rank, d.world, start_step=step),
+                              cfg.data.num_workers, device.type == "cuda"))
     save_steps = max(1, math.ceil(tc.save_every_samples / tc.batch_size))
     sample_steps = max(1, math.ceil(tc.sample_every_samples / tc.batch_size))
     max_steps = tc.max_steps or 2_000_000_000 // tc.batch_size  # official: 2e9 samples
-    log = JsonlLog(run / "stats.jsonl") if d.main else None
     if d.main:
-        run.mkdir(parents=True, exist_ok=True)
+        (run / "samples").mkdir(parents=True, exist_ok=True)
         atomic_write_text(json.dumps(to_dict(cfg), indent=2), run / "config.json")
         print(f"run {run}: {len(data)} images, {count_params(net):,} parameters ({count_params(net.encoder):,} in "
               f"the code source), {tc.precision}, {d.world} process(es), from step {step}")
-    fixed = None
-    T = cfg.diffusion.num_timesteps
-    acc = torch.zeros(4 + 8, device=device)  # shift, noshift, count, nonfinite, q-sums (4), q-counts (4)
-    t_last = time.time()
+    log, meter, fixed = JsonlLog(run / "stats.jsonl"), Meter(device, cfg.diffusion.num_timesteps), None
     bar = tqdm(total=max_steps, initial=step, disable=not d.main, desc="train", unit="step", dynamic_ncols=True)
     while step < max_steps:
-        x0, index = next(loader)
-        x0, index = x0.to(device, non_blocking=True), index.to(device, non_blocking=True)
-        if fixed is None:
+        x0, index = (v.to(device, non_blocking=True) for v in next(loader))
+        if fixed is None:  # the images whose codes the previews use
             fixed = (x0[:4].clone(), index[:4].clone())
-            if d.main and not (run / "samples" / "real.png").exists():
-                (run / "samples").mkdir(parents=True, exist_ok=True)
+            if d.main:
                 save_grid(fixed[0], run / "samples" / "real.png", ncol=2)
-        window, t, noise, (code_keep, pos_keep) = draw(cfg, step, d.rank, x0.shape[0], d.world, device)
+        window, t, noise, (code_keep, pos_keep) = draw(cfg, step, d.rank, b_local, d.world, device)
         net.train()
         with autocast(device, tc.precision):
             shift, noshift = step_fn(x0, index, t, noise, window, code_keep, pos_keep)
-        loss = shift.mean() + noshift.mean()
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
-        if table is not None and tc.code_grad_scale != 1.0 and table.grad is not None:
-            table.grad.mul_(tc.code_grad_scale)  # Faithful: the LHQ table hack, after clipping (spec §3.2)
-        scaler.step(opt)
-        scaler.update()
+        grad_norm = optimizer_step(net, opt, scaler, shift.mean() + noshift.mean(), tc)
         ema.update(net)
+        meter.add(shift.detach(), noshift.detach(), t)
         step += 1
-        with torch.no_grad():
-            per = (shift + noshift).detach().float()
-            q = (t * 4 // T).clamp(max=3)
-            acc[0] += shift.detach().float().mean()
-            acc[1] += noshift.detach().float().mean()
-            acc[2] += 1
-            acc[3] += (~torch.isfinite(loss.detach())).float()
-            acc[4:8].index_add_(0, q, per)
-            acc[8:12].index_add_(0, q, torch.ones_like(per))
         bar.update(1)
         last = step == max_steps
         if step % args.log_every == 0 or last:
-            tot = D.all_mean(acc, d) * d.world
-            if tot[3] > 0:
-                raise CLIError(f"non-finite loss before step {step}; stopping without saving. The last good "
-                               f"checkpoint is {ckpt_path}" + (" (none yet)" if not ckpt_path.exists() else ""))
-            dt = time.time() - t_last
-            n = tot[2].item() / d.world
-            row = dict(step=step, samples=step * tc.batch_size, loss=(tot[0] + tot[1]).item() / tot[2].item(),
-                       shift=tot[0].item() / tot[2].item(), noshift=tot[1].item() / tot[2].item(),
-                       loss_q=[round((tot[4 + i] / tot[8 + i]).item(), 6) if tot[8 + i] > 0 else None for i in range(4)],
-                       sec_per_step=dt / n, images_per_s=n * tc.batch_size / dt, grad_norm=float(grad_norm),
-                       lr=tc.lr, scale=scaler.get_scale() if scaler.is_enabled() else 1.0)
+            try:
+                row = meter.row(d, step, tc.batch_size)
+            except FloatingPointError as e:
+                raise CLIError(f"{e}; stopping without saving. The last good checkpoint is {ckpt_path}"
+                               + ("" if ckpt_path.exists() else " (none yet)")) from None
+            row.update(grad_norm=float(grad_norm), lr=tc.lr, scale=scaler.get_scale() if scaler.is_enabled() else 1.0)
             if d.main:
                 log.write(**row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", ips=f"{row['images_per_s']:.1f}")
-            acc.zero_()
-            t_last = time.time()
         if d.main and (step % sample_steps == 0 or last):
             preview(ema.model, cfg, *fixed, device, run / "samples" / f"{step:07d}.png")
         if d.main and (step % save_steps == 0 or last):
             atomic_save({"format": FORMAT, "config": to_dict(cfg), "step": step, "samples": step * tc.batch_size,
                          "num_codes": len(data), "model": net.state_dict(), "ema": ema.state_dict(),
                          "opt": opt.state_dict(), "scaler": scaler.state_dict()}, ckpt_path)
-        D.barrier(d)
     bar.close()
     return step
 

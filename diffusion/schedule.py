@@ -76,10 +76,13 @@ class Schedule:
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
-        return self.at(self.sqrt_alphas_cumprod, t, x0) * x0 + self.at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        a, b = self.at(self.sqrt_alphas_cumprod, t, x0), self.at(self.sqrt_one_minus_alphas_cumprod, t, x0)
+        return a * x0 + b * noise
 
     def predict_x0(self, x_t, t, eps):
-        return self.at(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - self.at(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        a, b = self.at(self.sqrt_recip_alphas_cumprod, t, x_t), self.at(self.sqrt_recipm1_alphas_cumprod, t, x_t)
+        return a * x_t - b * eps
 
     def eps_from_x0(self, x_t, t, x0):
-        return (self.at(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / self.at(self.sqrt_recipm1_alphas_cumprod, t, x_t)
+        a, b = self.at(self.sqrt_recip_alphas_cumprod, t, x_t), self.at(self.sqrt_recipm1_alphas_cumprod, t, x_t)
+        return (a * x_t - x0) / b

@@ -9,9 +9,9 @@ from .patchdm import PatchDM
 from .safe_load import CheckpointError, read_checkpoint
 from .unet import PatchUNet
 
-__all__ = ["PatchDM", "build_patchdm", "PatchUNet", "ImageEncoder", "CodeTable", "LatentMLP", "LoadedModel", "CheckpointError",
-           "load_official_checkpoint", "read_checkpoint", "build_unet", "build_encoder", "build_latent",
-           "count_params", "unet_kwargs"]
+__all__ = ["PatchDM", "build_patchdm", "PatchUNet", "ImageEncoder", "CodeTable", "LatentMLP", "LoadedModel",
+           "CheckpointError", "load_official_checkpoint", "read_checkpoint", "build_unet", "build_encoder",
+           "build_latent", "count_params", "unet_kwargs"]
 
 
 def build_unet(m) -> PatchUNet:

@@ -27,9 +27,10 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list:
     out = []
     for k in sorted(set(a) | set(b)):
         va, vb = a.get(k), b.get(k)
+        seqs = isinstance(va, (list, tuple)) and isinstance(vb, (list, tuple))
         if isinstance(va, dict) and isinstance(vb, dict):
             out += _diff(va, vb, f"{prefix}{k}.")
-        elif va != vb and not (isinstance(va, (list, tuple)) and isinstance(vb, (list, tuple)) and list(va) == list(vb)):
+        elif va != vb and not (seqs and list(va) == list(vb)):
             out.append(f"{prefix}{k}={va!r} in the checkpoint, {vb!r} now")
     return out
 

@@ -289,7 +289,8 @@ def test_official_checkpoints_through_the_scripts(tmp_path):
                                 {k: v for k, v in sd.items() if not k.startswith("latent_net.")})
     runs = tmp_path / "runs"
     assert run_cli(train_latent.main, ["-m", str(patch_only), "-n", "lat", "--max_steps", "1", "--device", "cpu",
-                                       "--runs_dir", str(runs), "--set", "latent.hidden=64", "latent.num_layers=3"]) == 0
+                                       "--runs_dir", str(runs), "--set", "latent.hidden=64",
+                                       "latent.num_layers=3"]) == 0
     ck = torch.load(runs / "lat" / "checkpoints" / "last.pt", weights_only=True)
     assert torch.equal(ck["patch_model"]["encoder.semantic_enc.weight"], sd["encoder.semantic_enc.weight"])
     assert run_cli(sample.main, ["-f", str(runs / "lat" / "checkpoints" / "last.pt"), "-g", str(tmp_path / "g2"),
