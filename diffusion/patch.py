@@ -62,35 +62,75 @@ def check_canvas(h: int, w: int, p: int) -> None:
 
 
 def canvas_eps(unet, x_t: torch.Tensor, t: torch.Tensor, code: torch.Tensor, patch_size: int,
-               pos_keep: torch.Tensor | None = None) -> torch.Tensor:
+               pos_keep: torch.Tensor | None = None, band_rows: int | None = None) -> torch.Tensor:
     """One denoiser evaluation over whole canvases.
 
     x_t (B, 3, H, W); t (B,) original integer timesteps; code (B, D); pos_keep (B,) 0/1 (CFG) or None.
     Pad by p/2, encode the (N+1)x(M+1) padded grid at integer positions, collage, decode the N x M tiles at
     half-integer positions, stitch. Returns eps (B, 3, H, W).
+
+    band_rows=None runs every patch at once (the official way). band_rows=k decodes k rows of tiles at a time: tile
+    row i only needs encoder rows i and i+1, so each band encodes its new padded rows, reuses the last encoder row of
+    the band above, and memory stays bounded whatever the canvas height. The result is the same function.
     """
     p = patch_size
     b, _, h, w = x_t.shape
     check_canvas(h, w, p)
-    grid = (h // p + 1, w // p + 1)
-    patches = split(pad_half(x_t, p), p)
-    hid, skips, _, _ = encode_grid(unet, patches, grid, (0, 0), t, code, pos_keep)
-    eps = decode_collaged(unet, hid, skips, grid, (0, 0), t, code, pos_keep)
-    return stitch(eps, (grid[0] - 1, grid[1] - 1))
+    rows, cols = h // p + 1, w // p + 1
+    padded = pad_half(x_t, p)
+    if band_rows is None or band_rows >= rows - 1:
+        hid, skips, _, _ = encode_grid(unet, split(padded, p), (rows, cols), (0, 0), t, code, pos_keep)
+        eps = decode_collaged(unet, hid, skips, (rows, cols), (0, 0), t, code, pos_keep)
+        return stitch(eps, (rows - 1, cols - 1))
+    if band_rows < 1:
+        raise ValueError(f"band_rows must be at least 1, got {band_rows}")
+    out, carry = [], None  # carry: encoder features (h, skips) of the last padded row encoded so far
+    for r0 in range(0, rows - 1, band_rows):
+        r1 = min(r0 + band_rows, rows - 1)  # decoder rows r0..r1-1 need padded rows r0..r1
+        first = r0 if carry is None else r0 + 1
+        new = split(padded[..., first * p:(r1 + 1) * p, :], p)
+        hid, skips, _, _ = encode_grid(unet, new, (r1 + 1 - first, cols), (first, 0), t, code, pos_keep)
+        feats = [hid, *skips]
+        if carry is not None:
+            feats = [_cat_rows(c, f, b) for c, f in zip(carry, feats)]
+        carry = [_last_row(f, b, cols) for f in feats]
+        grid = (r1 + 1 - r0, cols)
+        eps = decode_collaged(unet, feats[0], feats[1:], grid, (r0, 0), t, code, pos_keep)
+        out.append(stitch(eps, (grid[0] - 1, cols - 1)))
+    return torch.cat(out, dim=2)
 
 
-def guided_canvas_eps(unet, x_t, t, code, patch_size, cfg_scale: float = 0.0):
+def _cat_rows(a: torch.Tensor, b_: torch.Tensor, batch: int) -> torch.Tensor:
+    """Join two row-blocks of patch features (image, row, col order) along the row axis."""
+    a = a.reshape(batch, -1, *a.shape[1:])
+    b_ = b_.reshape(batch, -1, *b_.shape[1:])
+    out = torch.cat([a, b_], dim=1)
+    return out.reshape(-1, *out.shape[2:])
+
+
+def _last_row(f: torch.Tensor, batch: int, cols: int) -> torch.Tensor:
+    """The last row of a row-block of patch features, (batch*cols, ...)."""
+    f = f.reshape(batch, -1, cols, *f.shape[1:])[:, -1]
+    return f.reshape(-1, *f.shape[2:])
+
+
+def auto_band_rows(batch: int, cols: int, max_patches: int = 512) -> int:
+    """Rows of tiles per band so that one band encodes at most about ``max_patches`` padded patches."""
+    return max(1, max_patches // max(1, batch * cols) - 1)
+
+
+def guided_canvas_eps(unet, x_t, t, code, patch_size, cfg_scale: float = 0.0, band_rows: int | None = None):
     """eps with classifier-free guidance: (1 + w) eps(code, pos) - w eps(0, null pos) (spec §6).
 
     Faithful: the unconditional half drops both the code (zeroed) and the positions (zeroed sinusoids). w = 0 runs
     the conditional model only.
     """
     if cfg_scale == 0:
-        return canvas_eps(unet, x_t, t, code, patch_size)
+        return canvas_eps(unet, x_t, t, code, patch_size, band_rows=band_rows)
     b = x_t.shape[0]
     keep = torch.cat([torch.ones(b, device=x_t.device), torch.zeros(b, device=x_t.device)])
     eps = canvas_eps(unet, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([code, torch.zeros_like(code)]),
-                     patch_size, pos_keep=keep)
+                     patch_size, pos_keep=keep, band_rows=band_rows)
     eps_c, eps_u = eps[:b], eps[b:]
     return (1 + cfg_scale) * eps_c - cfg_scale * eps_u
 

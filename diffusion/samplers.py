@@ -38,16 +38,16 @@ def ddim_loop(eps_fn, x_T: torch.Tensor, sched: Schedule, clip_x0: bool, progres
 @torch.no_grad()
 def ddim_sample_canvas(unet, x_T: torch.Tensor, code: torch.Tensor, steps: int = 50, patch_size: int = 64,
                        cfg_scale: float = 0.0, schedule: Schedule | None = None, clip_x0: bool = True,
-                       progress: bool = False) -> torch.Tensor:
+                       progress: bool = False, band_rows: int | None = None) -> torch.Tensor:
     """DDIM (eta 0, x0 clipped) over whole canvases with the stitched patch eps (spec §7).
 
-    x_T (B, 3, H, W) with H, W multiples of patch_size; code (B, D); cfg_scale w as in guided_canvas_eps.
-    Returns x0 (B, 3, H, W) in [-1, 1].
+    x_T (B, 3, H, W) with H, W multiples of patch_size; code (B, D); cfg_scale w as in guided_canvas_eps;
+    band_rows as in canvas_eps (None: all patches at once). Returns x0 (B, 3, H, W) in [-1, 1].
     """
     sched = (schedule or default_schedule()).respace(steps)
 
     def eps_fn(x, t):
-        return guided_canvas_eps(unet, x, t, code, patch_size, cfg_scale)
+        return guided_canvas_eps(unet, x, t, code, patch_size, cfg_scale, band_rows)
 
     return ddim_loop(eps_fn, x_T, sched, clip_x0, progress)
 

@@ -187,3 +187,33 @@ def test_window_and_cfg_masks_are_seeded_and_in_range():
     code_keep, pos_keep = cfg_keep_masks(20000, generator=torch.Generator().manual_seed(0))
     assert abs(code_keep.mean().item() - 0.9) < 0.01 and abs(pos_keep.mean().item() - 0.5) < 0.015
     assert set(code_keep.unique().tolist()) == {0.0, 1.0}
+
+
+@pytest.mark.parametrize("band", [1, 2, 3])
+def test_banded_canvas_equals_all_at_once(tiny_unet, band):
+    x, t, code = torch.randn(2, 3, 32, 24), torch.tensor([40, 700]), torch.randn(2, D)  # 4x3 tiles, 5x4 padded
+    with torch.no_grad():
+        full = canvas_eps(tiny_unet, x, t, code, P)
+        banded = canvas_eps(tiny_unet, x, t, code, P, band_rows=band)
+        keep = torch.tensor([1.0, 0.0])
+        assert torch.allclose(canvas_eps(tiny_unet, x, t, code, P, pos_keep=keep, band_rows=band),
+                              canvas_eps(tiny_unet, x, t, code, P, pos_keep=keep), atol=1e-5)
+    assert rel_err(banded, full) < 1e-5
+
+
+def test_banded_encoder_sees_each_padded_row_once(tiny_unet):
+    calls = []
+    real = tiny_unet.encode
+    tiny_unet.encode = lambda x, *a: (calls.append(x.shape[0]), real(x, *a))[1]
+    with torch.no_grad():
+        canvas_eps(tiny_unet, torch.randn(1, 3, 32, 24), torch.tensor([5]), torch.randn(1, D), P, band_rows=1)
+    assert calls == [2 * 4, 4, 4, 4]  # 5 padded rows of 4 patches: 2 rows first, then 1 new row per band
+
+
+def test_banded_ddim_and_auto_band(tiny_unet):
+    from diffusion import auto_band_rows
+    x_T, code = torch.randn(1, 3, 24, 16), torch.randn(1, D)
+    a = ddim_sample_canvas(tiny_unet, x_T, code, steps=3, patch_size=P)
+    b = ddim_sample_canvas(tiny_unet, x_T, code, steps=3, patch_size=P, band_rows=1, cfg_scale=0.0)
+    assert (a - b).abs().max() < 1e-4
+    assert auto_band_rows(1, 17) == 29 and auto_band_rows(1, 129) == 2 and auto_band_rows(8, 129) == 1
