@@ -1,0 +1,83 @@
+"""Training throughput (windows/s) and peak memory of one optimizer step of the official loss.
+
+    python -m benchmarks.train_speed --batch 96 --precision fp16                     # tensors already on the GPU
+    python -m benchmarks.train_speed --batch 96 --data data/nature.lmdb --workers 8  # with the real data loader
+    python -m benchmarks.train_speed --smoke
+
+Each step: the window draws of train.py, the forward/backward of both loss terms, clipping, Adam and EMA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from benchmarks.common import emit, environment, timed
+from configs import get_preset
+from dataset import build_dataset
+from model import build_patchdm
+from runtime.data import StepBatchSampler, make_loader
+from runtime.device import autocast, pick_device
+from runtime.ema import EMA
+from train import LossStep, draw, optimizer_step
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="nature")
+    ap.add_argument("--batch", type=int, default=96)
+    ap.add_argument("--precision", default="fp16")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--data", default=None, help="LMDB to load batches from (default: random tensors)")
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--out", default=None, help="append JSONL rows here")
+    ap.add_argument("--smoke", action="store_true", help="tiny preset, CPU, batch 4, 2 steps")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.preset, args.batch, args.precision, args.steps, args.warmup = "tiny", 4, "fp32", 2, 1
+        args.device, args.workers = args.device or "cpu", 0
+    device = pick_device(args.device)
+    cfg = get_preset(args.preset)
+    tc = cfg.training
+    h, w = cfg.data.image_size
+    if args.data:
+        data = build_dataset(args.data, cfg.data)
+        loader = iter(make_loader(data, StepBatchSampler(len(data), args.batch), args.workers, device.type == "cuda"))
+        num_codes = len(data)
+    else:
+        num_codes = 1000
+        fixed = (torch.rand(args.batch, 3, h, w, device=device) * 2 - 1,
+                 torch.randint(0, num_codes, (args.batch,), device=device))
+    net = build_patchdm(cfg.model, num_codes, torch.randn(num_codes, cfg.model.code_dim)).to(device)
+    ema, step_fn = EMA(net, tc.ema_decay), LossStep(net, cfg.model.patch_size)
+    opt = torch.optim.Adam(net.parameters(), lr=tc.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+
+    def one(step):
+        x0, index = (v.to(device, non_blocking=True) for v in next(loader)) if args.data else fixed
+        window, t, noise, (ck, pk) = draw(cfg, step, 0, args.batch, 1, device)
+        with autocast(device, args.precision):
+            shift, noshift = step_fn(x0, index, t, noise, window, ck, pk)
+        optimizer_step(net, opt, scaler, shift.mean() + noshift.mean(), tc)
+        ema.update(net)
+
+    net.train()
+    for s in range(args.warmup):
+        one(s)
+    row = {}
+    with timed(device, row):
+        for s in range(args.steps):
+            one(args.warmup + s)
+    row.update(environment(device), preset=args.preset, batch=args.batch, precision=args.precision,
+               data="lmdb" if args.data else "tensors", s_per_step=row["seconds"] / args.steps,
+               windows_per_s=args.batch * args.steps / row["seconds"])
+    emit([row], args.out, ["batch", "precision", "data", "s_per_step", "windows_per_s", "peak_gib"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
