@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from configs import get_preset, override, set_patch_size, to_dict
 from dataset import DataError, build_dataset
-from diffusion import cfg_keep_masks, ddim_sample_canvas, default_schedule, patch_loss_terms, sample_window
+from diffusion import cfg_keep_masks, ddim_sample_canvas, default_schedule, sample_window
+from diffusion.patch import window_crop, window_loss_terms
 from model import build_patchdm, count_params, read_checkpoint
 from runtime import dist as D
 from runtime.data import StepBatchSampler, make_loader
@@ -43,10 +44,13 @@ class LossStep(nn.Module):
         self.net, self.p = net, patch_size
 
     def forward(self, x0, index, t, noise, window, code_keep=None, pos_keep=None):
+        """x0 (B, 3, H, W) images; noise (B, 3, 2p, 2p) for the window only. Returns per-image (shift, noshift)."""
         code = self.net.codes(x0, index)
         if code_keep is not None:  # Faithful: CFG drops the code by multiplying it by 0 (spec §6)
             code = code * code_keep[:, None].to(code.dtype)
-        return patch_loss_terms(self.net, x0, t, noise, window, code, self.p, pos_keep, per_image=True)
+        x0_win, mask_win = window_crop(x0, window, self.p)
+        return window_loss_terms(self.net, x0_win, mask_win, t, noise, window, code, self.p, pos_keep,
+                                 per_image=True)
 
 
 def build_parser():
@@ -126,10 +130,11 @@ def draw(cfg, step: int, rank: int, b: int, world: int, device):
     if cfg.training.cfg:
         code_keep, pos_keep = cfg_keep_masks(b * world, cfg.training.cfg_code_drop, cfg.training.cfg_pos_drop, g)
         masks = (code_keep[mine].to(device), pos_keep[mine].to(device))
-    noise = torch.empty(b, 3, h + p, w + p, device=device)
+    # Only the window's noise is drawn: the loss never sees the rest of the padded canvas (spec §5.1).
+    noise = torch.empty(b, 3, 2 * p, 2 * p, device=device)
     for i, j in enumerate(range(rank * b, (rank + 1) * b)):
         gj = torch.Generator(device).manual_seed(seeded(seed, j, step, 2))
-        noise[i] = torch.randn(3, h + p, w + p, generator=gj, device=device)
+        noise[i] = torch.randn(3, 2 * p, 2 * p, generator=gj, device=device)
     torch.manual_seed(seeded(seed, rank, step, 3))  # dropout
     return window, t.to(device), noise, masks
 

@@ -6,6 +6,7 @@ Both go through ``encode_grid`` and ``decode_collaged`` so training and sampling
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from model.collage import collage, crop_half, grid_positions, pad_half, split, stitch
 from .schedule import Schedule, linear_betas
@@ -164,18 +165,42 @@ def patch_loss_terms(unet, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tenso
     row, col = window
     if not (0 <= row < h // p and 0 <= col < w // p):
         raise ValueError(f"window {window} outside the {h // p}x{w // p} grid of window positions")
-    mask = pad_half(torch.ones(b, 1, h, w, device=x0.device, dtype=x0.dtype), p)
-    # Faithful: x_t over the padded canvas, then the padding is zeroed (as at sampling time).
-    x_t = sched.q_sample(pad_half(x0, p), t, noise) * mask
+    x0_win, mask_win = window_crop(x0, window, p)
     rs, cs = window_slice(window, p)
-    x_win, eps_win, mask_win = x_t[..., rs, cs], noise[..., rs, cs], mask[..., rs, cs]
+    return window_loss_terms(unet, x0_win, mask_win, t, noise[..., rs, cs], window, code, p, pos_keep, sched,
+                             per_image)
 
+
+def window_crop(x0: torch.Tensor, window, p: int):
+    """The 2p x 2p window (row, col) of the half-patch-padded canvas, and its mask (1 on the image, 0 on padding).
+
+    x0 (B, C, H, W) -> (B, C, 2p, 2p) and (1, 1, 2p, 2p); only the window is materialised, never the padded canvas.
+    """
+    h, w = x0.shape[-2:]
+    s = p // 2
+    r0, c0 = window[0] * p - s, window[1] * p - s  # window origin in un-padded image coordinates
+    top, left, bottom, right = max(0, -r0), max(0, -c0), max(0, r0 + 2 * p - h), max(0, c0 + 2 * p - w)
+    crop = x0[..., max(0, r0):min(h, r0 + 2 * p), max(0, c0):min(w, c0 + 2 * p)]
+    mask = torch.ones(1, 1, *crop.shape[-2:], device=x0.device, dtype=x0.dtype)
+    pad = (left, right, top, bottom)
+    return F.pad(crop, pad), F.pad(mask, pad)
+
+
+def window_loss_terms(unet, x0_win: torch.Tensor, mask_win: torch.Tensor, t: torch.Tensor, noise_win: torch.Tensor,
+                      window, code: torch.Tensor, p: int, pos_keep: torch.Tensor | None = None,
+                      schedule: Schedule | None = None, per_image: bool = False):
+    """patch_loss_terms on one window only: x0_win, noise_win (B, 3, 2p, 2p) and mask_win (1 or B, 1, 2p, 2p) are
+    the window of the padded canvas (``window_crop``). Training draws noise for the window alone."""
+    sched = schedule or default_schedule()
+    b = x0_win.shape[0]
+    # Faithful: x_t = q_sample of the padded canvas with the padding zeroed (as at sampling time), in the window.
+    x_win = sched.q_sample(x0_win, t, noise_win) * mask_win
     h_mid, skips, emb, code_p = encode_grid(unet, split(x_win, p), (2, 2), window, t, code, pos_keep)
     pred_shift = decode_collaged(unet, h_mid, skips, (2, 2), window, t, code, pos_keep)
     pred_plain = unet.decode(h_mid, skips, emb, code_p)
-
-    shift_term = ((crop_half(eps_win, p) - pred_shift.float()) ** 2).mean(dim=(1, 2, 3))
-    noshift_term = (((split(eps_win, p) - pred_plain.float()) ** 2) * split(mask_win, p)).reshape(b, -1).mean(dim=1)
+    mask_p = split(mask_win.expand(b, -1, -1, -1), p)
+    shift_term = ((crop_half(noise_win, p) - pred_shift.float()) ** 2).mean(dim=(1, 2, 3))
+    noshift_term = (((split(noise_win, p) - pred_plain.float()) ** 2) * mask_p).reshape(b, -1).mean(dim=1)
     if per_image:
         return shift_term, noshift_term
     return shift_term.mean(), noshift_term.mean()

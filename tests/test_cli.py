@@ -253,13 +253,13 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(lmdb_path, codes, tmp_pa
     assert _train(lmdb_path, codes, runs, "exp", 2) == 0
     ckpt = runs / "exp" / "checkpoints" / "last.pt"
     before = ckpt.read_bytes()
-    real = train.patch_loss_terms
+    real = train.window_loss_terms
 
     def poisoned(*a, **k):
         s, n = real(*a, **k)
         return s * float("nan"), n
 
-    monkeypatch.setattr(train, "patch_loss_terms", poisoned)
+    monkeypatch.setattr(train, "window_loss_terms", poisoned)
     rc = _train(lmdb_path, codes, runs, "exp", 4)
     err = capsys.readouterr().err
     assert rc == 2 and "non-finite loss" in err and str(ckpt) in err

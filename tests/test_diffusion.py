@@ -217,3 +217,29 @@ def test_banded_ddim_and_auto_band(tiny_unet):
     b = ddim_sample_canvas(tiny_unet, x_T, code, steps=3, patch_size=P, band_rows=1, cfg_scale=0.0)
     assert (a - b).abs().max() < 1e-4
     assert auto_band_rows(1, 17) == 29 and auto_band_rows(1, 129) == 2 and auto_band_rows(8, 129) == 1
+
+
+def test_window_crop_equals_slicing_the_padded_canvas():
+    from diffusion.patch import window_crop, window_slice
+    from model.collage import pad_half
+    x0 = torch.randn(2, 3, 16, 24)
+    for r in range(2):
+        for c in range(3):
+            crop, mask = window_crop(x0, (r, c), P)
+            rs, cs = window_slice((r, c), P)
+            assert torch.equal(crop, pad_half(x0, P)[..., rs, cs])
+            assert torch.equal(mask[0, 0], pad_half(torch.ones(1, 1, 16, 24), P)[0, 0, rs, cs])
+
+
+def test_window_loss_equals_full_canvas_loss(tiny_unet):
+    from diffusion.patch import window_crop, window_loss_terms, window_slice
+    x0 = torch.rand(2, 3, 16, 24) * 2 - 1
+    noise = torch.randn(2, 3, 24, 32)
+    t, code = torch.tensor([10, 700]), torch.randn(2, D)
+    with torch.no_grad():
+        for window in [(0, 0), (1, 2)]:
+            full = patch_loss_terms(tiny_unet, x0, t, noise, window, code, P, per_image=True)
+            rs, cs = window_slice(window, P)
+            x_win, m_win = window_crop(x0, window, P)
+            win = window_loss_terms(tiny_unet, x_win, m_win, t, noise[..., rs, cs], window, code, P, per_image=True)
+            assert all(torch.equal(a, b) for a, b in zip(full, win))
