@@ -13,12 +13,33 @@ from pathlib import Path
 
 import lmdb
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+RAW_MAGIC = b"PDMRAW1\0"  # img2lmdb.py --format raw: magic, uint32 height, uint32 width, then H*W*3 RGB bytes
+
+
+def encode_raw(img: Image.Image) -> bytes:
+    """Uncompressed storage: no decode at training time, and a window is read by slicing rows."""
+    a = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return RAW_MAGIC + np.array(a.shape[:2], dtype="<u4").tobytes() + a.tobytes()
+
+
+def raw_array(data) -> np.ndarray | None:
+    """(H, W, 3) uint8 view of a raw record, or None for an encoded image."""
+    if bytes(data[:8]) != RAW_MAGIC:
+        return None
+    h, w = np.frombuffer(data, dtype="<u4", count=2, offset=8)
+    return np.frombuffer(data, dtype=np.uint8, count=int(h) * int(w) * 3, offset=16).reshape(int(h), int(w), 3)
+
+
+def to_unit_tensor(a: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) in [-1, 1], the same float32 operations as ToTensor + Normalize(0.5, 0.5)."""
+    return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div(255).sub(0.5).div(0.5)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -104,8 +125,8 @@ class ImageDataset(Dataset):
             raise DataError(f"data path {self.path} is neither an LMDB folder nor an image folder")
         if self.length == 0:
             raise DataError(f"data path {self.path} holds no images")
-        self.geometry = geometric_transform(transform, tuple(image_size), tuple(resize))
-        self.to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
+        self.image_size = tuple(image_size)
+        self.geometry = geometric_transform(transform, self.image_size, tuple(resize))
         self._env, self._pid = None, None
 
     def __len__(self) -> int:
@@ -121,13 +142,20 @@ class ImageDataset(Dataset):
         with self._env.begin(buffers=False) as txn:
             return txn.get(key)
 
+    def _record(self, index: int) -> bytes:
+        data = self._txn_get(str(index).zfill(7).encode())
+        if data is None:
+            raise DataError(f"LMDB {self.path} has no image under key {str(index).zfill(7)} (length "
+                            f"{self.length}); rebuild it with img2lmdb.py")
+        return data
+
     def load(self, index: int) -> Image.Image:
         """The stored image as RGB, without the training transform (initialize.py uses CLIP's own)."""
         if self.lmdb:
-            data = self._txn_get(str(index).zfill(7).encode())
-            if data is None:
-                raise DataError(f"LMDB {self.path} has no image under key {str(index).zfill(7)} (length "
-                                f"{self.length}); rebuild it with img2lmdb.py")
+            data = self._record(index)
+            raw = raw_array(data)
+            if raw is not None:
+                return Image.fromarray(raw)
             src = io.BytesIO(data)
             where = f"{self.path}[{index}]"
         else:
@@ -139,8 +167,28 @@ class ImageDataset(Dataset):
         except Exception as e:
             raise DataError(f"cannot decode image {where}: {e}") from None
 
-    def __getitem__(self, index: int):
-        return self.to_tensor(self.geometry(self.load(index))), index
+    def _array(self, index: int) -> np.ndarray:
+        """The training image (after the geometry) as (H, W, 3) uint8; raw records at the training size are not
+        copied or decoded."""
+        if self.lmdb:
+            raw = raw_array(self._record(index))
+            if raw is not None and raw.shape[:2] == self.image_size:
+                return raw
+        return np.asarray(self.geometry(self.load(index)))
+
+    def __getitem__(self, item):
+        """item = index -> (image (3, H, W), index); item = (index, window, p) -> (the 2p x 2p window of the
+        half-patch-padded image (3, 2p, 2p), zero on the padding, index): training only reads the window."""
+        if isinstance(item, (tuple, list)):
+            index, (row, col), p = item
+            a = self._array(index)
+            h, w = a.shape[:2]
+            r0, c0 = row * p - p // 2, col * p - p // 2
+            out = torch.zeros(3, 2 * p, 2 * p)
+            rs, cs = slice(max(0, r0), min(h, r0 + 2 * p)), slice(max(0, c0), min(w, c0 + 2 * p))
+            out[:, rs.start - r0:rs.stop - r0, cs.start - c0:cs.stop - c0] = to_unit_tensor(a[rs, cs])
+            return out, index
+        return to_unit_tensor(self._array(item)), item
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -25,23 +25,25 @@ import lmdb
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from dataset import IMAGE_EXTS, geometric_transform, to_rgb
+from dataset import IMAGE_EXTS, encode_raw, geometric_transform, to_rgb
 from runtime.errors import CLIError, run_cli
 
 MAP_SIZE = 1 << 40  # Faithful: 1 TiB address space (sparse on disk), as the official script
 
 
 def encode_one(job):
-    """Worker: (path, geometry or None, quality) -> (path, jpeg bytes or None, error or None)."""
-    path, geometry, quality = job
+    """Worker: (path, geometry or None, quality, fmt) -> (path, encoded bytes or None, error or None)."""
+    path, geometry, quality, fmt = job
     try:
         with Image.open(path) as im:
             im.load()
             img = to_rgb(ImageOps.exif_transpose(im))
         if geometry is not None:  # the preset's training geometry, applied once at write time (spec §5.3)
             img = geometric_transform(*geometry)(img)
+        if fmt == "raw":
+            return path, encode_raw(img), None
         buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=quality)
+        img.save(buf, format="JPEG", quality=quality) if fmt == "jpeg" else img.save(buf, format="PNG")
         return path, buf.getvalue(), None
     except Exception as e:  # one bad file must never stop the run
         return path, None, f"{type(e).__name__}: {e}".splitlines()[0]
@@ -71,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="preset whose training geometry is applied at write time (e.g. nature: resize 512x1280, "
                          "centre crop 512x1024); default: keep the original resolution")
     ap.add_argument("--quality", type=int, default=100, help="JPEG quality of the stored images (official: 100)")
+    ap.add_argument("--format", choices=["jpeg", "png", "raw"], default="jpeg",
+                    help="jpeg (official), png (lossless), or raw: uncompressed RGB, no decoding when training and "
+                         "only the training window is read (use with --config; 1.5 MB per 512x1024 image)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing output")
     return ap
 
@@ -100,7 +105,7 @@ def main(argv=None) -> int:
     partial.mkdir(parents=True)
     env = lmdb.open(str(partial), map_size=MAP_SIZE, subdir=True, lock=True, readahead=False, meminit=False)
     sources, n = [], 0
-    jobs = [(str(p), geometry, args.quality) for p in images]
+    jobs = [(str(p), geometry, args.quality, args.format) for p in images]
     try:
         pool = get_context("spawn").Pool(args.num_workers) if args.num_workers > 1 and jobs else None
         results = pool.imap(encode_one, jobs, chunksize=4) if pool else map(encode_one, jobs)

@@ -39,16 +39,23 @@ from runtime.runs import compatible_or_raise, load_code_table, restore_training
 class LossStep(nn.Module):
     """The network plus the official loss, as one forward so DDP sees every parameter use."""
 
-    def __init__(self, net, patch_size: int):
+    def __init__(self, net, patch_size: int, image_size: tuple, windowed: bool = False):
         super().__init__()
-        self.net, self.p = net, patch_size
+        self.net, self.p, self.image_size, self.windowed = net, patch_size, tuple(image_size), windowed
 
     def forward(self, x0, index, t, noise, window, code_keep=None, pos_keep=None):
-        """x0 (B, 3, H, W) images; noise (B, 3, 2p, 2p) for the window only. Returns per-image (shift, noshift)."""
-        code = self.net.codes(x0, index)
+        """x0: images (B, 3, H, W), or with ``windowed`` already the 2p x 2p window of the padded images (as the
+        dataset loads them for code-table models); noise (B, 3, 2p, 2p) for the window only.
+        Returns per-image (shift, noshift)."""
+        windowed = self.windowed
+        code = self.net.codes(None if windowed else x0, index)
         if code_keep is not None:  # Faithful: CFG drops the code by multiplying it by 0 (spec §6)
             code = code * code_keep[:, None].to(code.dtype)
-        x0_win, mask_win = window_crop(x0, window, self.p)
+        if windowed:
+            x0_win, mask_win = x0, window_crop(torch.ones(1, 1, *self.image_size, device=x0.device), window,
+                                               self.p)[0]
+        else:
+            x0_win, mask_win = window_crop(x0, window, self.p)
         return window_loss_terms(self.net, x0_win, mask_win, t, noise, window, code, self.p, pos_keep,
                                  per_image=True)
 
@@ -114,6 +121,13 @@ def seeded(seed: int, index: int, step: int, stream: int) -> int:
     return (((seed * 1_000_003 + index) * 1_000_003 + step) * 7 + stream) % (2 ** 63)
 
 
+def window_at(cfg, step: int) -> tuple:
+    """The training window of a step (shared by every rank and sample; the data loader asks for it too)."""
+    h, w = cfg.data.image_size
+    g = torch.Generator().manual_seed(seeded(cfg.training.seed, 0, step, 0))
+    return sample_window(h, w, cfg.model.patch_size, g)
+
+
 def draw(cfg, step: int, rank: int, b: int, world: int, device):
     """Window, timesteps, noise and CFG masks of this rank's slice of the global batch at ``step``.
 
@@ -121,9 +135,8 @@ def draw(cfg, step: int, rank: int, b: int, world: int, device):
     processes (only dropout, seeded per rank, differs).
     """
     seed, p = cfg.training.seed, cfg.model.patch_size
-    h, w = cfg.data.image_size
-    g = torch.Generator().manual_seed(seeded(seed, 0, step, 0))
-    window = sample_window(h, w, p, g)
+    window = window_at(cfg, step)
+    g = torch.Generator().manual_seed(seeded(seed, 0, step, 4))
     mine = slice(rank * b, (rank + 1) * b)
     t = torch.randint(0, cfg.diffusion.num_timesteps, (b * world,), generator=g)[mine]
     masks = (None, None)
@@ -239,12 +252,15 @@ def train(cfg, args, d: D.Dist, device):
     b_local = tc.batch_size // d.world
     if b_local * d.world != tc.batch_size:
         raise CLIError(f"batch size {tc.batch_size} is not divisible by the {d.world} processes")
-    step_fn = LossStep(net, cfg.model.patch_size)
+    step_fn = LossStep(net, cfg.model.patch_size, cfg.data.image_size, windowed=net.uses_table)
     if d.enabled:
         step_fn = nn.parallel.DistributedDataParallel(
             step_fn, device_ids=[device.index] if device.type == "cuda" else None)
-    loader = iter(make_loader(data, StepBatchSampler(len(data), b_local, tc.seed, d.rank, d.world, start_step=step),
-                              cfg.data.num_workers, device.type == "cuda"))
+    # Code-table models only need each image's training window: the loader reads just that (images stay whole for
+    # the image encoder, which sees the full image).
+    crop = (lambda s: window_at(cfg, s)) if net.uses_table else None
+    sampler = StepBatchSampler(len(data), b_local, tc.seed, d.rank, d.world, step, crop, cfg.model.patch_size)
+    loader = iter(make_loader(data, sampler, cfg.data.num_workers, device.type == "cuda"))
     save_steps = max(1, math.ceil(tc.save_every_samples / tc.batch_size))
     sample_steps = max(1, math.ceil(tc.sample_every_samples / tc.batch_size))
     max_steps = tc.max_steps or 2_000_000_000 // tc.batch_size  # official: 2e9 samples
@@ -258,7 +274,8 @@ def train(cfg, args, d: D.Dist, device):
     while step < max_steps:
         x0, index = (v.to(device, non_blocking=True) for v in next(loader))
         if fixed is None:  # the images whose codes the previews use
-            fixed = (x0[:4].clone(), index[:4].clone())
+            idx = index[:4].tolist()
+            fixed = (torch.stack([data[i][0] for i in idx]).to(device), index[:4].clone())
             if d.main:
                 save_grid(fixed[0], run / "samples" / "real.png", ncol=2)
         window, t, noise, (code_keep, pos_keep) = draw(cfg, step, d.rank, b_local, d.world, device)

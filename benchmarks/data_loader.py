@@ -18,6 +18,7 @@ from benchmarks.common import emit, environment
 from configs import get_preset
 from dataset import build_dataset
 from runtime.data import StepBatchSampler, make_loader
+from train import window_at
 
 
 def main(argv=None) -> int:
@@ -28,6 +29,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--batches", type=int, default=30, help="timed batches (after 3 warm-up batches)")
     ap.add_argument("--pin", action="store_true", help="pin host memory as train.py does on a GPU")
+    ap.add_argument("--full", action="store_true",
+                    help="load whole images (image-encoder models) instead of the training window (code tables)")
     ap.add_argument("--out", default=None, help="append JSONL rows here")
     ap.add_argument("--smoke", action="store_true", help="tiny preset over a few synthetic images")
     args = ap.parse_args(argv)
@@ -43,7 +46,9 @@ def main(argv=None) -> int:
         args.data, args.preset, args.batch, args.workers, args.batches = tmp, "tiny", 4, 0, 4
     cfg = get_preset(args.preset)
     data = build_dataset(args.data, cfg.data)
-    loader = iter(make_loader(data, StepBatchSampler(len(data), args.batch), args.workers, args.pin))
+    window = None if args.full else (lambda s: window_at(cfg, s))
+    sampler = StepBatchSampler(len(data), args.batch, window_of=window, patch_size=cfg.model.patch_size)
+    loader = iter(make_loader(data, sampler, args.workers, args.pin))
     for _ in range(3):
         next(loader)
     t0 = time.perf_counter()
@@ -53,8 +58,9 @@ def main(argv=None) -> int:
         n += x.shape[0]
     dt = time.perf_counter() - t0
     row = dict(environment(torch.device("cpu")), preset=args.preset, batch=args.batch, workers=args.workers,
-               images=len(data), images_per_s=n / dt, ms_per_batch=1000 * dt / args.batches)
-    emit([row], args.out, ["preset", "batch", "workers", "images", "images_per_s", "ms_per_batch"])
+               images=len(data), loads="full" if args.full else "window", images_per_s=n / dt,
+               ms_per_batch=1000 * dt / args.batches)
+    emit([row], args.out, ["preset", "loads", "batch", "workers", "images", "images_per_s", "ms_per_batch"])
     return 0
 
 

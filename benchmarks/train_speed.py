@@ -21,7 +21,7 @@ from model import build_patchdm
 from runtime.data import StepBatchSampler, make_loader
 from runtime.device import autocast, pick_device
 from runtime.ema import EMA
-from train import LossStep, draw, optimizer_step
+from train import LossStep, draw, optimizer_step, window_at
 
 
 def main(argv=None) -> int:
@@ -46,14 +46,17 @@ def main(argv=None) -> int:
     h, w = cfg.data.image_size
     if args.data:
         data = build_dataset(args.data, cfg.data)
-        loader = iter(make_loader(data, StepBatchSampler(len(data), args.batch), args.workers, device.type == "cuda"))
+        sampler = StepBatchSampler(len(data), args.batch, window_of=lambda s: window_at(cfg, s),
+                                   patch_size=cfg.model.patch_size)
+        loader = iter(make_loader(data, sampler, args.workers, device.type == "cuda"))
         num_codes = len(data)
     else:
         num_codes = 1000
         fixed = (torch.rand(args.batch, 3, h, w, device=device) * 2 - 1,
                  torch.randint(0, num_codes, (args.batch,), device=device))
     net = build_patchdm(cfg.model, num_codes, torch.randn(num_codes, cfg.model.code_dim)).to(device)
-    ema, step_fn = EMA(net, tc.ema_decay), LossStep(net, cfg.model.patch_size)
+    ema = EMA(net, tc.ema_decay)
+    step_fn = LossStep(net, cfg.model.patch_size, cfg.data.image_size, windowed=bool(args.data))
     opt = torch.optim.Adam(net.parameters(), lr=tc.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
 

@@ -16,8 +16,12 @@ class StepBatchSampler(Sampler):
     is therefore the same whatever the number of processes.
     """
 
-    def __init__(self, n: int, batch: int, seed: int = 0, rank: int = 0, world: int = 1, start_step: int = 0):
+    def __init__(self, n: int, batch: int, seed: int = 0, rank: int = 0, world: int = 1, start_step: int = 0,
+                 window_of=None, patch_size: int = 0):
+        """window_of(step) -> (row, col): when given, items are (index, window, patch_size) so that the dataset
+        loads only the training window."""
         self.n, self.batch, self.seed, self.rank, self.world, self.start = n, batch, seed, rank, world, start_step
+        self.window_of, self.p = window_of, patch_size
         self.steps_per_epoch = n // (batch * world)
         if self.steps_per_epoch == 0:
             raise CLIError(f"the dataset has {n} images, fewer than one global batch of {batch * world}; "
@@ -27,7 +31,11 @@ class StepBatchSampler(Sampler):
         epoch, k = divmod(step, self.steps_per_epoch)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         start = k * self.batch * self.world + self.rank * self.batch
-        return torch.randperm(self.n, generator=g)[start:start + self.batch].tolist()
+        batch = torch.randperm(self.n, generator=g)[start:start + self.batch].tolist()
+        if self.window_of is not None:
+            window = self.window_of(step)
+            batch = [(i, window, self.p) for i in batch]
+        return batch
 
     def __iter__(self):
         step = self.start

@@ -329,3 +329,25 @@ def test_torchrun_two_processes_match_one(lmdb_path, codes, tmp_path):
     for k in b["model"]:
         assert torch.allclose(a["model"][k], b["model"][k], atol=1e-5, rtol=1e-4), k
     assert sorted(p.name for p in (runs / "ddp" / "checkpoints").iterdir()) == ["last.pt"]
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "raw"])
+def test_windowed_items_equal_cropping_the_full_image(photos, tmp_path, fmt):
+    from diffusion.patch import window_crop
+    out = tmp_path / f"{fmt}.lmdb"
+    assert run_cli(img2lmdb.main, ["-i", str(photos), "-o", str(out), "-n", "1", "--config", "tiny",
+                                   "--format", fmt]) == 0
+    data = dataset.ImageDataset(out, (16, 24), "resize_crop", (16, 24))
+    for index in (0, 4):
+        full, i = data[index]
+        assert full.shape == (3, 16, 24) and i == index
+        for window in [(0, 0), (1, 2), (0, 1)]:
+            win, j = data[(index, window, 8)]
+            assert j == index and torch.equal(win, window_crop(full[None], window, 8)[0][0])
+    if fmt == "raw":  # raw records give the same pixels as re-encoding losslessly would
+        png = tmp_path / "png.lmdb"
+        assert run_cli(img2lmdb.main, ["-i", str(photos), "-o", str(png), "-n", "1", "--config", "tiny",
+                                       "--format", "png"]) == 0
+        ref = dataset.ImageDataset(png, (16, 24), "resize_crop", (16, 24))
+        assert all(torch.equal(ref[k][0], data[k][0]) for k in range(len(data)))
+        assert np.asarray(data.load(2)).shape == (16, 24, 3)
