@@ -70,26 +70,38 @@ def canvas_eps(unet, x_t: torch.Tensor, t: torch.Tensor, code: torch.Tensor, pat
     Pad by p/2, encode the (N+1)x(M+1) padded grid at integer positions, collage, decode the N x M tiles at
     half-integer positions, stitch. Returns eps (B, 3, H, W).
 
-    band_rows=None runs every patch at once (the official way). band_rows=k decodes k rows of tiles at a time: tile
-    row i only needs encoder rows i and i+1, so each band encodes its new padded rows, reuses the last encoder row of
-    the band above, and memory stays bounded whatever the canvas height. The result is the same function.
+    band_rows=None runs every patch at once (the official way); band_rows=k decodes k rows of tiles at a time
+    (``canvas_eps_bands``), the same function with memory bounded whatever the canvas height.
     """
     p = patch_size
     b, _, h, w = x_t.shape
     check_canvas(h, w, p)
     rows, cols = h // p + 1, w // p + 1
-    padded = pad_half(x_t, p)
     if band_rows is None or band_rows >= rows - 1:
-        hid, skips, _, _ = encode_grid(unet, split(padded, p), (rows, cols), (0, 0), t, code, pos_keep)
+        hid, skips, _, _ = encode_grid(unet, split(pad_half(x_t, p), p), (rows, cols), (0, 0), t, code, pos_keep)
         eps = decode_collaged(unet, hid, skips, (rows, cols), (0, 0), t, code, pos_keep)
         return stitch(eps, (rows - 1, cols - 1))
+    return torch.cat([eps for _, eps in canvas_eps_bands(unet, x_t, t, code, p, band_rows, pos_keep)], dim=2)
+
+
+def canvas_eps_bands(unet, x_t, t, code, p: int, band_rows: int, pos_keep=None):
+    """Yield (pixel_rows, eps) for successive bands of ``band_rows`` tile rows, top to bottom.
+
+    Tile row i only needs padded rows i and i+1, so each band encodes its new padded rows (read from x_t when the
+    band is reached, never as a padded copy of the canvas) and reuses the encoder features of the last padded row of
+    the band above. A band reads only pixel rows below those of the bands already yielded, so a caller may update
+    x_t in place band by band (streamed DDIM).
+    """
     if band_rows < 1:
         raise ValueError(f"band_rows must be at least 1, got {band_rows}")
-    out, carry = [], None  # carry: encoder features (h, skips) of the last padded row encoded so far
+    b, _, h, w = x_t.shape
+    check_canvas(h, w, p)
+    rows, cols = h // p + 1, w // p + 1
+    carry = None  # encoder features (h, skips) of the last padded row encoded so far
     for r0 in range(0, rows - 1, band_rows):
         r1 = min(r0 + band_rows, rows - 1)  # decoder rows r0..r1-1 need padded rows r0..r1
         first = r0 if carry is None else r0 + 1
-        new = split(padded[..., first * p:(r1 + 1) * p, :], p)
+        new = split(padded_rows(x_t, first, r1 + 1, p), p)
         hid, skips, _, _ = encode_grid(unet, new, (r1 + 1 - first, cols), (first, 0), t, code, pos_keep)
         feats = [hid, *skips]
         if carry is not None:
@@ -97,8 +109,15 @@ def canvas_eps(unet, x_t: torch.Tensor, t: torch.Tensor, code: torch.Tensor, pat
         carry = [_last_row(f, b, cols) for f in feats]
         grid = (r1 + 1 - r0, cols)
         eps = decode_collaged(unet, feats[0], feats[1:], grid, (r0, 0), t, code, pos_keep)
-        out.append(stitch(eps, (grid[0] - 1, cols - 1)))
-    return torch.cat(out, dim=2)
+        yield slice(r0 * p, r1 * p), stitch(eps, (grid[0] - 1, cols - 1))
+
+
+def padded_rows(x: torch.Tensor, a: int, b_: int, p: int) -> torch.Tensor:
+    """Patch rows a..b-1 of the half-patch-padded canvas, (B, C, (b-a)*p, W+p), without padding the whole canvas."""
+    s, h = p // 2, x.shape[-2]
+    lo, hi = a * p - s, b_ * p - s  # in un-padded pixel rows
+    part = x[..., max(0, lo):min(h, hi), :]
+    return F.pad(part, (s, s, max(0, -lo), max(0, hi - h)))
 
 
 def _cat_rows(a: torch.Tensor, b_: torch.Tensor, batch: int) -> torch.Tensor:

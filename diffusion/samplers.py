@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .patch import default_schedule, guided_canvas_eps
+from .patch import canvas_eps_bands, default_schedule, guided_canvas_eps
 from .schedule import Schedule, const_betas
 
 
@@ -45,11 +45,35 @@ def ddim_sample_canvas(unet, x_T: torch.Tensor, code: torch.Tensor, steps: int =
     band_rows as in canvas_eps (None: all patches at once). Returns x0 (B, 3, H, W) in [-1, 1].
     """
     sched = (schedule or default_schedule()).respace(steps)
+    if band_rows is not None and band_rows < x_T.shape[-2] // patch_size:
+        return _ddim_streamed(unet, x_T, code, sched, patch_size, cfg_scale, clip_x0, band_rows, progress)
 
     def eps_fn(x, t):
-        return guided_canvas_eps(unet, x, t, code, patch_size, cfg_scale, band_rows)
+        return guided_canvas_eps(unet, x, t, code, patch_size, cfg_scale)
 
     return ddim_loop(eps_fn, x_T, sched, clip_x0, progress)
+
+
+def _ddim_streamed(unet, x_T, code, sched, p, cfg_scale, clip_x0, band_rows, progress):
+    """DDIM with each step applied band by band, in place: the eps of a band depends only on rows that later bands
+    have not yet updated (``canvas_eps_bands``), so the result equals the all-at-once sampler while memory holds one
+    canvas and one band of features."""
+    x = x_T.clone()
+    b = x.shape[0]
+    for i in tqdm(range(sched.num_timesteps - 1, -1, -1), disable=not progress, desc="DDIM", leave=False):
+        t = sched.model_t(i, b, x.device)
+        if cfg_scale:
+            # Faithful: the unconditional half drops the code and the positions (spec §6).
+            keep = torch.cat([torch.ones(b, device=x.device), torch.zeros(b, device=x.device)])
+            bands = canvas_eps_bands(unet, x.expand(2, *x.shape).reshape(2 * b, *x.shape[1:]), torch.cat([t, t]),
+                                     torch.cat([code, torch.zeros_like(code)]), p, band_rows, keep)
+        else:
+            bands = canvas_eps_bands(unet, x, t, code, p, band_rows)
+        for rows, eps in bands:
+            if cfg_scale:
+                eps = (1 + cfg_scale) * eps[:b] - cfg_scale * eps[b:]
+            x[..., rows, :] = ddim_step(sched, x[..., rows, :], i, eps.to(x.dtype), clip_x0)
+    return x
 
 
 @torch.no_grad()

@@ -243,3 +243,13 @@ def test_window_loss_equals_full_canvas_loss(tiny_unet):
             x_win, m_win = window_crop(x0, window, P)
             win = window_loss_terms(tiny_unet, x_win, m_win, t, noise[..., rs, cs], window, code, P, per_image=True)
             assert all(torch.equal(a, b) for a, b in zip(full, win))
+
+
+@pytest.mark.parametrize("w,band", [(0.0, 2), (0.5, 1), (0.5, 3)])
+def test_streamed_banded_ddim_equals_all_at_once(tiny_unet, w, band):
+    x_T, code = torch.randn(2, 3, 40, 16), torch.randn(2, D)  # 5 tile rows
+    a = ddim_sample_canvas(tiny_unet, x_T, code, steps=4, patch_size=P, cfg_scale=w)
+    before = x_T.clone()
+    b = ddim_sample_canvas(tiny_unet, x_T, code, steps=4, patch_size=P, cfg_scale=w, band_rows=band)
+    assert (a - b).abs().max() < 1e-4
+    assert torch.equal(x_T, before)  # the caller's x_T is not updated in place
