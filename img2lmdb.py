@@ -49,6 +49,8 @@ def encode_one(job):
         return path, None, f"{type(e).__name__}: {e}".splitlines()[0]
 
 
+# Deviation: the official script renamed the input files in place and keyed images by file stem (spec §9.1); here
+# the input is only read and keys follow the sorted relative paths.
 def list_files(root: Path):
     """(images, others): every file under root, images by extension, both sorted by relative path."""
     images, others = [], []

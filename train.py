@@ -143,7 +143,8 @@ def draw(cfg, step: int, rank: int, b: int, world: int, device):
     if cfg.training.cfg:
         code_keep, pos_keep = cfg_keep_masks(b * world, cfg.training.cfg_code_drop, cfg.training.cfg_pos_drop, g)
         masks = (code_keep[mine].to(device), pos_keep[mine].to(device))
-    # Only the window's noise is drawn: the loss never sees the rest of the padded canvas (spec §5.1).
+    # Deviation: only the window's noise is drawn (the official code draws the whole padded canvas); the loss never
+    # sees the rest, so it is the same function (spec §5.1).
     noise = torch.empty(b, 3, 2 * p, 2 * p, device=device)
     for i, j in enumerate(range(rank * b, (rank + 1) * b)):
         gj = torch.Generator(device).manual_seed(seeded(seed, j, step, 2))
@@ -154,7 +155,9 @@ def draw(cfg, step: int, rank: int, b: int, world: int, device):
 
 @torch.no_grad()
 def preview(net, cfg, x0, index, device, path):
-    """DDIM samples of the EMA model with the codes of a fixed batch (official: DDPM previews, raw weights)."""
+    """DDIM samples of the EMA model with the codes of a fixed batch.
+
+    Deviation: the official previews are 1000-step DDPM samples of the raw weights (spec §5.2)."""
     code = net.codes(x0, index)
     g = torch.Generator(device).manual_seed(cfg.training.seed)
     x_T = torch.randn(x0.shape, generator=g, device=device)
@@ -256,8 +259,8 @@ def train(cfg, args, d: D.Dist, device):
     if d.enabled:
         step_fn = nn.parallel.DistributedDataParallel(
             step_fn, device_ids=[device.index] if device.type == "cuda" else None)
-    # Code-table models only need each image's training window: the loader reads just that (images stay whole for
-    # the image encoder, which sees the full image).
+    # Deviation: code-table models only need each image's training window, so the loader reads just that (same
+    # pixels; images stay whole for the image encoder, which sees the full image).
     crop = (lambda s: window_at(cfg, s)) if net.uses_table else None
     sampler = StepBatchSampler(len(data), b_local, tc.seed, d.rank, d.world, step, crop, cfg.model.patch_size)
     loader = iter(make_loader(data, sampler, cfg.data.num_workers, device.type == "cuda"))

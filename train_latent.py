@@ -42,6 +42,7 @@ def build_parser():
     ap.add_argument("--semantic_enc", action="store_true",
                     help="accepted for compatibility: the code source is read from the checkpoint")
     ap.add_argument("--data_path", "-d", default=None, help="training images, needed for image-encoder models")
+    # Deviation: EMA by default (the weights test.py samples with); the official script read the raw table.
     ap.add_argument("--weights", choices=["ema", "raw"], default="ema",
                     help="Patch-DM weights (and code table) to use; official: raw. Default ema, the weights "
                          "test.py samples with")

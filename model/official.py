@@ -104,7 +104,7 @@ def load_official_checkpoint(path, ema: bool = True, trust_pickle: bool = False)
 
     Returns a LoadedModel with ``.unet``, ``.encoder`` (image encoder or None), ``.latent_net`` (or None),
     ``.codes`` ([N, 512] or None) and ``.patch_size``; modules in eval mode, fp32, on the CPU.
-    ema=True takes the ``ema_model.`` weights (the official test.py used ``model.``).
+    Deviation: ema=True (the default) takes the ``ema_model.`` weights; the official test.py used ``model.``.
     """
     ckpt = read_checkpoint(path, trust_pickle=trust_pickle)
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt

@@ -98,6 +98,8 @@ def _restricted_pickle_module() -> types.ModuleType:
 def read_checkpoint(path, trust_pickle: bool = False):
     """Load a checkpoint file onto the CPU without running code from it (see module docstring).
 
+    Deviation: the official scripts unpickle checkpoints unrestricted, through pytorch-lightning.
+
     trust_pickle=True uses plain ``torch.load(weights_only=False)``: only for files you made yourself.
     Raises CheckpointError with a one-line reason for missing, truncated or non-PyTorch files.
     """
