@@ -18,10 +18,10 @@ import torch
 from tqdm import tqdm
 
 from configs import from_dict
-from diffusion import auto_band_rows, ddim_sample_canvas, ddim_sample_latent, space_timesteps
+from diffusion import ddim_sample_canvas, ddim_sample_latent, space_timesteps
 from model import build_latent, build_patchdm, load_official_checkpoint, read_checkpoint
 from runtime.device import autocast, check_precision, pick_device
-from runtime.errors import CLIError, check_divisible, parse_hw, run_cli
+from runtime.errors import CLIError, check_divisible, parse_bands, parse_hw, run_cli
 from runtime.files import save_png
 from runtime.runs import FULL_FORMAT, TRAIN_FORMAT
 
@@ -46,9 +46,9 @@ def build_parser():
                     help="autocast for the patch network (default bf16 on GPU, fp16 where bf16 is missing, fp32 on "
                          "CPU; the official script used fp16)")
     ap.add_argument("--skip_existing", action="store_true", help="keep PNGs already in --output_dir")
-    ap.add_argument("--band_rows", type=int, default=-1,
-                    help="rows of patches decoded at a time, bounding memory at any canvas size: -1 automatic "
-                         "(default), 0 all at once (the official way), k > 0 explicit; the images are the same")
+    ap.add_argument("--bands", default="auto",
+                    help="decode the canvas in bands of tiles, bounding memory at any size with the same images: "
+                         "auto (default), off (all patches at once, the official way), R or RxC tiles per band")
     return ap
 
 
@@ -111,11 +111,7 @@ def main(argv=None) -> int:
             space_timesteps(T, n)
         except ValueError as e:
             raise CLIError(f"{e} (try 10, 20, 25, 50, 100, ...)") from None
-    if args.band_rows < -1:
-        raise CLIError("--band_rows must be -1 (automatic), 0 (all at once) or a positive number of rows")
-    band = args.band_rows or None  # 0: all at once
-    if band == -1:
-        band = auto_band_rows(args.batch_size * (2 if w else 1), hw[1] // p + 1)
+    band_rows, band_cols = parse_bands(args.bands, args.batch_size * (2 if w else 1), hw, p)
     unet, latent = unet.to(device), latent.to(device)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +125,7 @@ def main(argv=None) -> int:
             code = code * z_std.to(device) + z_mean.to(device)
         with autocast(device, precision):
             img = ddim_sample_canvas(unet, torch.stack(x_T).to(device), code, steps=steps, patch_size=p, cfg_scale=w,
-                                     band_rows=band)
+                                     band_rows=band_rows, band_cols=band_cols)
         for k, x in zip(ks, img):
             save_png(x, out / f"{k}.png")
         bar.update(len(ks))

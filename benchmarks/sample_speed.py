@@ -4,7 +4,7 @@
     python -m benchmarks.sample_speed --smoke          # the tiny preset on the CPU, seconds
 
 Random weights (speed does not depend on them). Each configuration is warmed up with a 2-step run, then timed over
-a full run; s/image divides by the batch. --band_rows: -1 automatic (as test.py), 0 all at once, k rows.
+a full run; s/image divides by the batch. --bands as test.py: auto, off (all at once), R or RxC tiles per band.
 """
 
 from __future__ import annotations
@@ -16,25 +16,24 @@ import torch
 
 from benchmarks.common import emit, environment, timed
 from configs import get_preset
-from diffusion import auto_band_rows, ddim_sample_canvas
+from diffusion import ddim_sample_canvas
 from model import build_unet
 from runtime.device import autocast, pick_device
-from runtime.errors import parse_hw
+from runtime.errors import parse_bands, parse_hw
 
 
-def measure(unet, device, hw, batch, precision, steps, band_rows, cfg_scale, p, code_dim):
+def measure(unet, device, hw, batch, precision, steps, bands, cfg_scale, p, code_dim):
     x_T = torch.randn(batch, 3, *hw, device=device)
     code = torch.randn(batch, code_dim, device=device)
-    band = band_rows or None
-    if band == -1:
-        band = auto_band_rows(batch * (2 if cfg_scale else 1), hw[1] // p + 1)
+    br, bc = parse_bands(bands, batch * (2 if cfg_scale else 1), hw, p)
+    kw = dict(patch_size=p, cfg_scale=cfg_scale, band_rows=br, band_cols=bc)
     with autocast(device, precision):
-        ddim_sample_canvas(unet, x_T, code, steps=2, patch_size=p, cfg_scale=cfg_scale, band_rows=band)
+        ddim_sample_canvas(unet, x_T, code, steps=2, **kw)
         row = {}
         with timed(device, row):
-            ddim_sample_canvas(unet, x_T, code, steps=steps, patch_size=p, cfg_scale=cfg_scale, band_rows=band)
+            ddim_sample_canvas(unet, x_T, code, steps=steps, **kw)
     return dict(row, size=f"{hw[0]}x{hw[1]}", batch=batch, precision=precision, steps=steps, cfg=cfg_scale,
-                band_rows=band, s_per_image=row["seconds"] / batch)
+                bands="off" if br is None and bc is None else f"{br}x{bc or 'all'}", s_per_image=row["seconds"] / batch)
 
 
 def main(argv=None) -> int:
@@ -45,7 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="bf16", help="comma-separated: fp32, fp16, bf16")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--cfg_scale", type=float, default=0.0)
-    ap.add_argument("--band_rows", type=int, default=-1)
+    ap.add_argument("--bands", default="auto", help="auto, off, R or RxC tiles per band (as test.py)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=None, help="append JSONL rows here")
     ap.add_argument("--smoke", action="store_true", help="tiny preset, CPU, 3 steps")
@@ -61,10 +60,10 @@ def main(argv=None) -> int:
     for size in args.sizes.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
             for precision in args.precision.split(","):
-                r = measure(unet, device, parse_hw(size), batch, precision, args.steps, args.band_rows,
+                r = measure(unet, device, parse_hw(size), batch, precision, args.steps, args.bands,
                             args.cfg_scale, cfg.model.patch_size, cfg.model.code_dim)
                 rows.append({**env, "preset": args.preset, **r})
-    emit(rows, args.out, ["size", "batch", "precision", "cfg", "band_rows", "s_per_image", "peak_gib"])
+    emit(rows, args.out, ["size", "batch", "precision", "cfg", "bands", "s_per_image", "peak_gib"])
     return 0
 
 

@@ -63,7 +63,8 @@ def check_canvas(h: int, w: int, p: int) -> None:
 
 
 def canvas_eps(unet, x_t: torch.Tensor, t: torch.Tensor, code: torch.Tensor, patch_size: int,
-               pos_keep: torch.Tensor | None = None, band_rows: int | None = None) -> torch.Tensor:
+               pos_keep: torch.Tensor | None = None, band_rows: int | None = None,
+               band_cols: int | None = None) -> torch.Tensor:
     """One denoiser evaluation over whole canvases.
 
     x_t (B, 3, H, W); t (B,) original integer timesteps; code (B, D); pos_keep (B,) 0/1 (CFG) or None.
@@ -71,26 +72,31 @@ def canvas_eps(unet, x_t: torch.Tensor, t: torch.Tensor, code: torch.Tensor, pat
     half-integer positions, stitch. Returns eps (B, 3, H, W).
 
     band_rows=None runs every patch at once (the official way); band_rows=k decodes k rows of tiles at a time
-    (``canvas_eps_bands``), the same function with memory bounded whatever the canvas height.
+    (``canvas_eps_bands``; band_cols=k also k tile columns at a time), the same function with memory bounded
+    whatever the canvas size.
     """
     p = patch_size
     b, _, h, w = x_t.shape
     check_canvas(h, w, p)
     rows, cols = h // p + 1, w // p + 1
-    if band_rows is None or band_rows >= rows - 1:
+    if band_cols is not None and band_rows is None:
+        band_rows = rows - 1
+    if band_rows is None or (band_rows >= rows - 1 and band_cols is None):
         hid, skips, _, _ = encode_grid(unet, split(pad_half(x_t, p), p), (rows, cols), (0, 0), t, code, pos_keep)
         eps = decode_collaged(unet, hid, skips, (rows, cols), (0, 0), t, code, pos_keep)
         return stitch(eps, (rows - 1, cols - 1))
-    return torch.cat([eps for _, eps in canvas_eps_bands(unet, x_t, t, code, p, band_rows, pos_keep)], dim=2)
+    bands = canvas_eps_bands(unet, x_t, t, code, p, band_rows, pos_keep, band_cols)
+    return torch.cat([eps for _, eps in bands], dim=2)
 
 
-def canvas_eps_bands(unet, x_t, t, code, p: int, band_rows: int, pos_keep=None):
+def canvas_eps_bands(unet, x_t, t, code, p: int, band_rows: int, pos_keep=None, band_cols: int | None = None):
     """Yield (pixel_rows, eps) for successive bands of ``band_rows`` tile rows, top to bottom.
 
     Tile row i only needs padded rows i and i+1, so each band encodes its new padded rows (read from x_t when the
     band is reached, never as a padded copy of the canvas) and reuses the encoder features of the last padded row of
     the band above. A band reads only pixel rows below those of the bands already yielded, so a caller may update
-    x_t in place band by band (streamed DDIM).
+    x_t in place band by band (streamed DDIM). band_cols=k also decodes each band k tile columns at a time (tile
+    column j needs padded columns j and j+1), which bounds the decoder's activations on wide canvases.
     """
     if band_rows < 1:
         raise ValueError(f"band_rows must be at least 1, got {band_rows}")
@@ -107,9 +113,15 @@ def canvas_eps_bands(unet, x_t, t, code, p: int, band_rows: int, pos_keep=None):
         if carry is not None:
             feats = [_cat_rows(c, f, b) for c, f in zip(carry, feats)]
         carry = [_last_row(f, b, cols) for f in feats]
-        grid = (r1 + 1 - r0, cols)
-        eps = decode_collaged(unet, feats[0], feats[1:], grid, (r0, 0), t, code, pos_keep)
-        yield slice(r0 * p, r1 * p), stitch(eps, (grid[0] - 1, cols - 1))
+        n_rows, step = r1 + 1 - r0, band_cols or cols - 1
+        parts = []
+        for c0 in range(0, cols - 1, step):
+            c1 = min(c0 + step, cols - 1)  # tile columns c0..c1-1 need padded columns c0..c1
+            sub = feats if step >= cols - 1 else [_columns(f, b, n_rows, cols, c0, c1 + 1) for f in feats]
+            grid = (n_rows, c1 + 1 - c0)
+            eps = decode_collaged(unet, sub[0], sub[1:], grid, (r0, c0), t, code, pos_keep)
+            parts.append(stitch(eps, (n_rows - 1, c1 - c0)))
+        yield slice(r0 * p, r1 * p), torch.cat(parts, dim=3)
 
 
 def padded_rows(x: torch.Tensor, a: int, b_: int, p: int) -> torch.Tensor:
@@ -128,15 +140,28 @@ def _cat_rows(a: torch.Tensor, b_: torch.Tensor, batch: int) -> torch.Tensor:
     return out.reshape(-1, *out.shape[2:])
 
 
+def _columns(f: torch.Tensor, batch: int, rows: int, cols: int, c0: int, c1: int) -> torch.Tensor:
+    """Columns c0..c1-1 of a (batch*rows*cols, ...) block of patch features, in (image, row, col) order."""
+    f = f.reshape(batch, rows, cols, *f.shape[1:])[:, :, c0:c1]
+    return f.reshape(-1, *f.shape[3:])
+
+
 def _last_row(f: torch.Tensor, batch: int, cols: int) -> torch.Tensor:
     """The last row of a row-block of patch features, (batch*cols, ...)."""
     f = f.reshape(batch, -1, cols, *f.shape[1:])[:, -1]
     return f.reshape(-1, *f.shape[2:])
 
 
-def auto_band_rows(batch: int, cols: int, max_patches: int = 512) -> int:
-    """Rows of tiles per band so that one band encodes at most about ``max_patches`` padded patches."""
-    return max(1, max_patches // max(1, batch * cols) - 1)
+def auto_band(batch: int, rows: int, cols: int, max_tiles: int = 128) -> tuple:
+    """(band_rows, band_cols) decoding at most about ``max_tiles`` tiles at a time (None: no split on that axis).
+
+    rows, cols count the tiles of the canvas (H/p, W/p).
+    """
+    if batch * rows * cols <= max_tiles:
+        return None, None
+    if batch * cols <= max_tiles:
+        return max(1, max_tiles // (batch * cols)), None
+    return 1, max(1, max_tiles // batch)
 
 
 def guided_canvas_eps(unet, x_t, t, code, patch_size, cfg_scale: float = 0.0, band_rows: int | None = None):

@@ -38,15 +38,18 @@ def ddim_loop(eps_fn, x_T: torch.Tensor, sched: Schedule, clip_x0: bool, progres
 @torch.no_grad()
 def ddim_sample_canvas(unet, x_T: torch.Tensor, code: torch.Tensor, steps: int = 50, patch_size: int = 64,
                        cfg_scale: float = 0.0, schedule: Schedule | None = None, clip_x0: bool = True,
-                       progress: bool = False, band_rows: int | None = None) -> torch.Tensor:
+                       progress: bool = False, band_rows: int | None = None,
+                       band_cols: int | None = None) -> torch.Tensor:
     """DDIM (eta 0, x0 clipped) over whole canvases with the stitched patch eps (spec §7).
 
     x_T (B, 3, H, W) with H, W multiples of patch_size; code (B, D); cfg_scale w as in guided_canvas_eps;
-    band_rows as in canvas_eps (None: all patches at once). Returns x0 (B, 3, H, W) in [-1, 1].
+    band_rows / band_cols as in canvas_eps (None, None: all patches at once; otherwise the canvas is updated band
+    by band in place, the same result). Returns x0 (B, 3, H, W) in [-1, 1].
     """
     sched = (schedule or default_schedule()).respace(steps)
-    if band_rows is not None and band_rows < x_T.shape[-2] // patch_size:
-        return _ddim_streamed(unet, x_T, code, sched, patch_size, cfg_scale, clip_x0, band_rows, progress)
+    if band_rows is not None or band_cols is not None:
+        return _ddim_streamed(unet, x_T, code, sched, patch_size, cfg_scale, clip_x0,
+                              band_rows or x_T.shape[-2] // patch_size, band_cols, progress)
 
     def eps_fn(x, t):
         return guided_canvas_eps(unet, x, t, code, patch_size, cfg_scale)
@@ -54,7 +57,7 @@ def ddim_sample_canvas(unet, x_T: torch.Tensor, code: torch.Tensor, steps: int =
     return ddim_loop(eps_fn, x_T, sched, clip_x0, progress)
 
 
-def _ddim_streamed(unet, x_T, code, sched, p, cfg_scale, clip_x0, band_rows, progress):
+def _ddim_streamed(unet, x_T, code, sched, p, cfg_scale, clip_x0, band_rows, band_cols, progress):
     """DDIM with each step applied band by band, in place: the eps of a band depends only on rows that later bands
     have not yet updated (``canvas_eps_bands``), so the result equals the all-at-once sampler while memory holds one
     canvas and one band of features."""
@@ -66,9 +69,9 @@ def _ddim_streamed(unet, x_T, code, sched, p, cfg_scale, clip_x0, band_rows, pro
             # Faithful: the unconditional half drops the code and the positions (spec §6).
             keep = torch.cat([torch.ones(b, device=x.device), torch.zeros(b, device=x.device)])
             bands = canvas_eps_bands(unet, x.expand(2, *x.shape).reshape(2 * b, *x.shape[1:]), torch.cat([t, t]),
-                                     torch.cat([code, torch.zeros_like(code)]), p, band_rows, keep)
+                                     torch.cat([code, torch.zeros_like(code)]), p, band_rows, keep, band_cols)
         else:
-            bands = canvas_eps_bands(unet, x, t, code, p, band_rows)
+            bands = canvas_eps_bands(unet, x, t, code, p, band_rows, band_cols=band_cols)
         for rows, eps in bands:
             if cfg_scale:
                 eps = (1 + cfg_scale) * eps[:b] - cfg_scale * eps[b:]

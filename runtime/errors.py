@@ -34,6 +34,24 @@ def parse_hw(text: str) -> tuple:
     return h, w
 
 
+def parse_bands(text: str, batch: int, hw: tuple, p: int) -> tuple:
+    """--bands: 'auto' (bounded memory), 'off' (all patches at once, the official way), 'R' or 'RxC' tiles per band.
+    Returns (band_rows, band_cols) for the samplers."""
+    from diffusion import auto_band
+    text = text.lower()
+    if text == "auto":
+        return auto_band(batch, hw[0] // p, hw[1] // p)
+    if text == "off":
+        return None, None
+    try:
+        parts = [int(v) for v in text.split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise CLIError(f"--bands {text!r}: use auto, off, R or RxC (tile rows x tile columns per band), e.g. 1x32")
+    return parts[0], parts[1] if len(parts) == 2 else None
+
+
 def check_divisible(hw: tuple, p: int, what: str = "image size") -> None:
     h, w = hw
     if h % p or w % p:

@@ -171,7 +171,7 @@ def test_full_chain(lmdb_path, codes, tmp_path):
     # banded decoding gives the same images
     banded = tmp_path / "banded"
     assert run_cli(sample.main, ["-f", str(full), "-g", str(banded), "--img_num", "2", "-b", "2", "--device", "cpu",
-                                 "--steps", "4", "--latent_steps", "4", "--band_rows", "1"]) == 0
+                                 "--steps", "4", "--latent_steps", "4", "--bands", "1x2"]) == 0
     for k in range(2):
         a = np.asarray(Image.open(out / f"{k}.png"), dtype=int)
         b = np.asarray(Image.open(banded / f"{k}.png"), dtype=int)

@@ -210,13 +210,11 @@ def test_banded_encoder_sees_each_padded_row_once(tiny_unet):
     assert calls == [2 * 4, 4, 4, 4]  # 5 padded rows of 4 patches: 2 rows first, then 1 new row per band
 
 
-def test_banded_ddim_and_auto_band(tiny_unet):
-    from diffusion import auto_band_rows
+def test_banded_ddim(tiny_unet):
     x_T, code = torch.randn(1, 3, 24, 16), torch.randn(1, D)
     a = ddim_sample_canvas(tiny_unet, x_T, code, steps=3, patch_size=P)
     b = ddim_sample_canvas(tiny_unet, x_T, code, steps=3, patch_size=P, band_rows=1, cfg_scale=0.0)
     assert (a - b).abs().max() < 1e-4
-    assert auto_band_rows(1, 17) == 29 and auto_band_rows(1, 129) == 2 and auto_band_rows(8, 129) == 1
 
 
 def test_window_crop_equals_slicing_the_padded_canvas():
@@ -253,3 +251,24 @@ def test_streamed_banded_ddim_equals_all_at_once(tiny_unet, w, band):
     b = ddim_sample_canvas(tiny_unet, x_T, code, steps=4, patch_size=P, cfg_scale=w, band_rows=band)
     assert (a - b).abs().max() < 1e-4
     assert torch.equal(x_T, before)  # the caller's x_T is not updated in place
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (2, 2), (3, 1), (None, 2)])
+def test_column_chunked_bands_equal_all_at_once(tiny_unet, rows, cols):
+    x, t, code = torch.randn(2, 3, 32, 40), torch.tensor([40, 700]), torch.randn(2, D)  # 4x5 tiles
+    with torch.no_grad():
+        full = canvas_eps(tiny_unet, x, t, code, P)
+        chunked = canvas_eps(tiny_unet, x, t, code, P, band_rows=rows, band_cols=cols)
+    assert rel_err(chunked, full) < 1e-5
+    a = ddim_sample_canvas(tiny_unet, x, code, steps=3, patch_size=P, cfg_scale=0.5)
+    b = ddim_sample_canvas(tiny_unet, x, code, steps=3, patch_size=P, cfg_scale=0.5, band_rows=rows, band_cols=cols)
+    assert (a - b).abs().max() < 1e-4
+
+
+def test_auto_band():
+    from diffusion import auto_band
+    assert auto_band(1, 8, 16) == (None, None)        # 128 tiles: all at once
+    assert auto_band(4, 8, 16) == (2, None)           # 512 tiles: bands of 2 full rows
+    assert auto_band(1, 64, 128) == (1, None)         # 4096x8192: one full row of 128 tiles
+    assert auto_band(1, 64, 256) == (1, 128)          # 4096x16384: one row, 128 columns at a time
+    assert auto_band(2, 64, 128) == (1, 64)
