@@ -164,18 +164,19 @@ def auto_band(batch: int, rows: int, cols: int, max_tiles: int = 128) -> tuple:
     return 1, max(1, max_tiles // batch)
 
 
-def guided_canvas_eps(unet, x_t, t, code, patch_size, cfg_scale: float = 0.0, band_rows: int | None = None):
+def guided_canvas_eps(unet, x_t, t, code, patch_size, cfg_scale: float = 0.0, band_rows: int | None = None,
+                      band_cols: int | None = None):
     """eps with classifier-free guidance: (1 + w) eps(code, pos) - w eps(0, null pos) (spec §6).
 
     Faithful: the unconditional half drops both the code (zeroed) and the positions (zeroed sinusoids). w = 0 runs
     the conditional model only.
     """
     if cfg_scale == 0:
-        return canvas_eps(unet, x_t, t, code, patch_size, band_rows=band_rows)
+        return canvas_eps(unet, x_t, t, code, patch_size, band_rows=band_rows, band_cols=band_cols)
     b = x_t.shape[0]
     keep = torch.cat([torch.ones(b, device=x_t.device), torch.zeros(b, device=x_t.device)])
     eps = canvas_eps(unet, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([code, torch.zeros_like(code)]),
-                     patch_size, pos_keep=keep, band_rows=band_rows)
+                     patch_size, pos_keep=keep, band_rows=band_rows, band_cols=band_cols)
     eps_c, eps_u = eps[:b], eps[b:]
     return (1 + cfg_scale) * eps_c - cfg_scale * eps_u
 
