@@ -173,12 +173,23 @@ def guided_canvas_eps(unet, x_t, t, code, patch_size, cfg_scale: float = 0.0, ba
     """
     if cfg_scale == 0:
         return canvas_eps(unet, x_t, t, code, patch_size, band_rows=band_rows, band_cols=band_cols)
+    x2, t2, code2, keep = cfg_batch(x_t, t, code)
+    eps = canvas_eps(unet, x2, t2, code2, patch_size, pos_keep=keep, band_rows=band_rows, band_cols=band_cols)
+    return cfg_combine(eps, cfg_scale)
+
+
+def cfg_batch(x_t, t, code):
+    """The doubled batch of a guided evaluation: (x, t, code, pos_keep), conditional half first; the unconditional
+    half has its code zeroed and its positions dropped (Faithful, spec §6)."""
     b = x_t.shape[0]
     keep = torch.cat([torch.ones(b, device=x_t.device), torch.zeros(b, device=x_t.device)])
-    eps = canvas_eps(unet, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([code, torch.zeros_like(code)]),
-                     patch_size, pos_keep=keep, band_rows=band_rows, band_cols=band_cols)
-    eps_c, eps_u = eps[:b], eps[b:]
-    return (1 + cfg_scale) * eps_c - cfg_scale * eps_u
+    return torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([code, torch.zeros_like(code)]), keep
+
+
+def cfg_combine(eps: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """(1 + w) eps_c - w eps_u from the eps of a ``cfg_batch``."""
+    b = eps.shape[0] // 2
+    return (1 + cfg_scale) * eps[:b] - cfg_scale * eps[b:]
 
 
 def window_slice(window, p: int):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .patch import canvas_eps_bands, default_schedule, guided_canvas_eps
+from .patch import canvas_eps_bands, cfg_batch, cfg_combine, default_schedule, guided_canvas_eps
 from .schedule import Schedule, const_betas
 
 
@@ -65,16 +65,14 @@ def _ddim_streamed(unet, x_T, code, sched, p, cfg_scale, clip_x0, band_rows, ban
     b = x.shape[0]
     for i in tqdm(range(sched.num_timesteps - 1, -1, -1), disable=not progress, desc="DDIM", leave=False):
         t = sched.model_t(i, b, x.device)
-        if cfg_scale:
-            # Faithful: the unconditional half drops the code and the positions (spec §6).
-            keep = torch.cat([torch.ones(b, device=x.device), torch.zeros(b, device=x.device)])
-            bands = canvas_eps_bands(unet, x.expand(2, *x.shape).reshape(2 * b, *x.shape[1:]), torch.cat([t, t]),
-                                     torch.cat([code, torch.zeros_like(code)]), p, band_rows, keep, band_cols)
+        if cfg_scale:  # the doubled batch is a copy of x_t, so in-place updates of x do not reach it
+            x2, t2, code2, keep = cfg_batch(x, t, code)
+            bands = canvas_eps_bands(unet, x2, t2, code2, p, band_rows, keep, band_cols)
         else:
             bands = canvas_eps_bands(unet, x, t, code, p, band_rows, band_cols=band_cols)
         for rows, eps in bands:
             if cfg_scale:
-                eps = (1 + cfg_scale) * eps[:b] - cfg_scale * eps[b:]
+                eps = cfg_combine(eps, cfg_scale)
             x[..., rows, :] = ddim_step(sched, x[..., rows, :], i, eps.to(x.dtype), clip_x0)
     return x
 

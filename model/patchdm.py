@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .encoder import CodeTable, ImageEncoder
+from .encoder import CodeTable
 from .unet import PatchUNet
 
 
@@ -27,10 +27,3 @@ class PatchDM(PatchUNet):
     def codes(self, x0: torch.Tensor | None, index: torch.Tensor | None) -> torch.Tensor:
         """(B, D) codes: table rows for ``index``, or the image encoder applied to the un-padded images x0."""
         return self.encoder(index) if self.uses_table else self.encoder(x0)
-
-    def code_params(self) -> list:
-        return list(self.encoder.parameters())
-
-
-def is_image_encoder(module) -> bool:
-    return isinstance(module, ImageEncoder)

@@ -55,10 +55,6 @@ def _placeholder(module: str, name: str) -> type:
     return _PLACEHOLDERS[key]
 
 
-def is_placeholder(obj) -> bool:
-    return isinstance(obj, _Placeholder) or (isinstance(obj, type) and issubclass(obj, _Placeholder))
-
-
 _ALLOWED = {
     ("collections", "OrderedDict"),
     ("torch._utils", "_rebuild_tensor"),

@@ -37,11 +37,6 @@ def init_dist(device_type: str) -> Dist:
     return Dist(rank, world, local)
 
 
-def barrier(d: Dist) -> None:
-    if d.enabled:
-        dist.barrier()
-
-
 def all_mean(value: torch.Tensor, d: Dist) -> torch.Tensor:
     """Mean of a tensor over ranks (a copy; the input is untouched)."""
     value = value.detach().clone()
