@@ -25,6 +25,10 @@ class ModelConfig:
     code_dim: int = 512                     # §2.5 semantic code width
     dropout: float = 0.1                    # §1.1
     code_source: str = "table"              # §2.5: "table" (CLIP-initialised, 1024 data) | "encoder" (256 data)
+                                            #   | "none" (ablation, Table 4: no semantic code)
+    collage: str = "feature"                # §4 feature collage | ablations (Fig. 2, Table 4): "pixel_fixed",
+                                            #   "pixel_random" (pixel-space collage), "none" (independent patches)
+    use_position: bool = True               # §2.3; False = ablation without position embedding (Table 4)
     encoder_channels: int = 64              # §3.3 image encoder base width
     encoder_mult: tuple = (1, 2, 4, 8, 8)   # §3.3 (§1.4 for 128/256)
     encoder_attention_levels: tuple = (2,)  # §3.3 nominal-resolution quirk again

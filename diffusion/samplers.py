@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .patch import canvas_eps_bands, cfg_batch, cfg_combine, default_schedule, guided_canvas_eps
+from .patch import (canvas_eps_bands, cfg_batch, cfg_combine, check_collage, default_schedule, guided_canvas_eps,
+                    guided_shifted_eps, pixel_shift)
 from .schedule import Schedule, const_betas
 
 
@@ -38,43 +39,110 @@ def ddim_loop(eps_fn, x_T: torch.Tensor, sched: Schedule, clip_x0: bool, progres
 @torch.no_grad()
 def ddim_sample_canvas(unet, x_T: torch.Tensor, code: torch.Tensor, steps: int = 50, patch_size: int = 64,
                        cfg_scale: float = 0.0, schedule: Schedule | None = None, clip_x0: bool = True,
-                       progress: bool = False, band_rows: int | None = None,
-                       band_cols: int | None = None) -> torch.Tensor:
+                       progress: bool = False, band_rows: int | None = None, band_cols: int | None = None,
+                       wrap: str = "", collage: str = "feature", known=None, resample: int = 1,
+                       seed: int = 0) -> torch.Tensor:
     """DDIM (eta 0, x0 clipped) over whole canvases with the stitched patch eps (spec §7).
 
     x_T (B, 3, H, W) with H, W multiples of patch_size; code (B, D); cfg_scale w as in guided_canvas_eps;
     band_rows / band_cols as in canvas_eps (None, None: all patches at once; otherwise the canvas is updated band
     by band in place, the same result). Returns x0 (B, 3, H, W) in [-1, 1].
+
+    Beyond the official sampler:
+      wrap      'x', 'y' or 'xy': circular padding, seamless across that edge (panoramas, tiles).
+      collage   the model's collage mode (``window_loss_terms``); the pixel-space ablations sample with
+                ``shifted_canvas_eps`` and the grid shifts of ``pixel_shift(collage, k, p, seed)``.
+      known     (x_known (B, 3, H, W), mask (B or 1, 1, H, W), 1 = keep) for inpainting / outpainting: before every
+                step the kept pixels are replaced by x_known forward-noised to that step (fresh noise from ``seed``),
+                and the result holds x_known exactly there. resample = r > 1 repeats each step r times, re-noising
+                x_{t-1} to x_t in between (RePaint), which harmonises the boundary at r times the cost.
     """
     sched = (schedule or default_schedule()).respace(steps)
-    if band_rows is not None or band_cols is not None:
-        return _ddim_streamed(unet, x_T, code, sched, patch_size, cfg_scale, clip_x0,
-                              band_rows or x_T.shape[-2] // patch_size, band_cols, progress)
+    check_collage(collage)
+    streamed = collage == "feature" and (band_rows is not None or band_cols is not None)
+    if streamed:
+        step = _streamed_step(unet, code, sched, patch_size, cfg_scale, clip_x0,
+                              band_rows or x_T.shape[-2] // patch_size, band_cols, wrap)
+        x = x_T.clone()
+    else:
+        step = _whole_step(unet, code, sched, patch_size, cfg_scale, clip_x0, wrap, collage, seed)
+        x = x_T
+    cond = None if known is None else KnownRegion(*known, sched, seed)
+    if resample < 1:
+        raise ValueError(f"resample must be at least 1, got {resample}")
+    n = sched.num_timesteps
+    for k in tqdm(range(n), disable=not progress, desc="DDIM", leave=False):
+        i = n - 1 - k
+        for r in range(resample if cond is not None else 1):
+            if cond is not None:
+                x = cond.impose(x, i)
+            x = step(x, i, k)
+            if r < resample - 1 and i > 0:
+                x = cond.renoise(x, i)
+    return x if cond is None else cond.finish(x)
 
-    def eps_fn(x, t):
-        return guided_canvas_eps(unet, x, t, code, patch_size, cfg_scale)
 
-    return ddim_loop(eps_fn, x_T, sched, clip_x0, progress)
+def _whole_step(unet, code, sched, p, cfg_scale, clip_x0, wrap, collage, seed):
+    """step(x, i, k) -> x at step i-1, evaluating the whole canvas at once (the official way)."""
+
+    def step(x, i, k):
+        t = sched.model_t(i, x.shape[0], x.device)
+        if collage == "feature":
+            eps = guided_canvas_eps(unet, x, t, code, p, cfg_scale, wrap=wrap)
+        else:
+            eps = guided_shifted_eps(unet, x, t, code, p, pixel_shift(collage, k, p, seed), cfg_scale, wrap)
+        return ddim_step(sched, x, i, eps.to(x.dtype), clip_x0)
+
+    return step
 
 
-def _ddim_streamed(unet, x_T, code, sched, p, cfg_scale, clip_x0, band_rows, band_cols, progress):
-    """DDIM with each step applied band by band, in place: the eps of a band depends only on rows that later bands
-    have not yet updated (``canvas_eps_bands``), so the result equals the all-at-once sampler while memory holds one
+def _streamed_step(unet, code, sched, p, cfg_scale, clip_x0, band_rows, band_cols, wrap):
+    """step(x, i, k) updating x in place band by band: the eps of a band depends only on rows that later bands have
+    not yet updated (``canvas_eps_bands``), so the result equals the all-at-once sampler while memory holds one
     canvas and one band of features."""
-    x = x_T.clone()
-    b = x.shape[0]
-    for i in tqdm(range(sched.num_timesteps - 1, -1, -1), disable=not progress, desc="DDIM", leave=False):
+
+    def step(x, i, k):
+        b = x.shape[0]
         t = sched.model_t(i, b, x.device)
         if cfg_scale:  # the doubled batch is a copy of x_t, so in-place updates of x do not reach it
             x2, t2, code2, keep = cfg_batch(x, t, code)
-            bands = canvas_eps_bands(unet, x2, t2, code2, p, band_rows, keep, band_cols)
+            bands = canvas_eps_bands(unet, x2, t2, code2, p, band_rows, keep, band_cols, wrap)
         else:
-            bands = canvas_eps_bands(unet, x, t, code, p, band_rows, band_cols=band_cols)
+            bands = canvas_eps_bands(unet, x, t, code, p, band_rows, band_cols=band_cols, wrap=wrap)
         for rows, eps in bands:
             if cfg_scale:
                 eps = cfg_combine(eps, cfg_scale)
             x[..., rows, :] = ddim_step(sched, x[..., rows, :], i, eps.to(x.dtype), clip_x0)
-    return x
+        return x
+
+    return step
+
+
+class KnownRegion:
+    """Conditioning on known pixels (inpainting / outpainting) by replacement, optionally with RePaint resampling.
+
+    impose(x, i): the kept pixels of x_t become q_sample(x_known, t_i) with fresh noise; renoise(x, i): x_{i-1} ->
+    x_i by the forward step q(x_i | x_{i-1}); finish(x): the kept pixels become x_known exactly.
+    """
+
+    def __init__(self, x_known: torch.Tensor, mask: torch.Tensor, sched: Schedule, seed: int = 0):
+        self.x, self.sched = x_known, sched
+        self.mask = mask.to(x_known.dtype)
+        self.g = torch.Generator(x_known.device).manual_seed(seed)
+
+    def _noise(self, like):
+        return torch.randn(like.shape, generator=self.g, device=like.device, dtype=like.dtype)
+
+    def impose(self, x, i: int):
+        xt = self.sched.q_sample(self.x, i, self._noise(self.x)).to(x.dtype)
+        return x * (1 - self.mask) + xt * self.mask
+
+    def renoise(self, x, i: int):
+        beta = Schedule.at(self.sched.betas, i, x)
+        return torch.sqrt(1 - beta) * x + torch.sqrt(beta) * self._noise(x)
+
+    def finish(self, x):
+        return x * (1 - self.mask) + self.x.to(x.dtype) * self.mask
 
 
 @torch.no_grad()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from .encoder import CodeTable, ImageEncoder
+from .encoder import CodeTable, ImageEncoder, NullCode
 from .latent import LatentMLP
 from .official import LoadedModel, load_official_checkpoint
 from .patchdm import PatchDM
 from .safe_load import CheckpointError, read_checkpoint
 from .unet import PatchUNet
 
-__all__ = ["PatchDM", "build_patchdm", "PatchUNet", "ImageEncoder", "CodeTable", "LatentMLP", "LoadedModel",
+__all__ = ["PatchDM", "build_patchdm", "PatchUNet", "ImageEncoder", "CodeTable", "NullCode", "LatentMLP", "LoadedModel",
            "CheckpointError", "load_official_checkpoint", "read_checkpoint", "build_unet", "build_encoder",
            "build_latent", "count_params", "unet_kwargs"]
 
@@ -22,7 +22,7 @@ def build_unet(m) -> PatchUNet:
 def unet_kwargs(m) -> dict:
     return dict(model_channels=m.model_channels, channel_mult=tuple(m.channel_mult), num_res_blocks=m.num_res_blocks,
                 attention_levels=tuple(m.attention_levels), embed_channels=m.embed_channels, code_dim=m.code_dim,
-                pos_sinusoid=m.pos_sinusoid, dropout=m.dropout)
+                pos_sinusoid=m.pos_sinusoid, dropout=m.dropout, use_position=getattr(m, "use_position", True))
 
 
 def build_patchdm(m, num_codes: int | None = None, code_init=None) -> PatchDM:
@@ -33,8 +33,10 @@ def build_patchdm(m, num_codes: int | None = None, code_init=None) -> PatchDM:
         enc = CodeTable(num_codes, m.code_dim, code_init)
     elif m.code_source == "encoder":
         enc = build_encoder(m)
+    elif m.code_source == "none":
+        enc = NullCode(m.code_dim)
     else:
-        raise ValueError(f"unknown code source {m.code_source!r}; choose table or encoder")
+        raise ValueError(f"unknown code source {m.code_source!r}; choose table, encoder or none")
     return PatchDM(enc, **unet_kwargs(m))
 
 

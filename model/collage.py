@@ -31,10 +31,36 @@ def stitch(patches: torch.Tensor, grid: tuple) -> torch.Tensor:
     return x.reshape(b, c, rows * p, cols * q)
 
 
-def pad_half(canvas: torch.Tensor, p: int) -> torch.Tensor:
-    """Zero-pad a canvas by half a patch on each side: (B, C, H, W) -> (B, C, H+p, W+p)."""
+WRAPS = ("", "x", "y", "xy")
+
+
+def wrap_axes(wrap: str) -> tuple:
+    """'' | 'x' | 'y' | 'xy' -> (wrap rows, wrap columns): which axes are padded circularly instead of with zeros."""
+    wrap = (wrap or "").lower()
+    if wrap == "yx":
+        wrap = "xy"
+    if wrap not in WRAPS:
+        raise ValueError(f"wrap {wrap!r}: use x (horizontal, 360-degree panoramas), y, xy (tileable) or nothing")
+    return "y" in wrap, "x" in wrap
+
+
+def pad(canvas: torch.Tensor, left: int, right: int, top: int, bottom: int, wrap: str = "") -> torch.Tensor:
+    """Pad a canvas with zeros, or circularly along the axes named in ``wrap`` (each pad at most the side)."""
+    wy, wx = wrap_axes(wrap)
+    if left or right:
+        canvas = F.pad(canvas, (left, right, 0, 0), mode="circular" if wx else "constant")
+    if top or bottom:
+        canvas = F.pad(canvas, (0, 0, top, bottom), mode="circular" if wy else "constant")
+    return canvas
+
+
+def pad_half(canvas: torch.Tensor, p: int, wrap: str = "") -> torch.Tensor:
+    """Pad a canvas by half a patch on each side: (B, C, H, W) -> (B, C, H+p, W+p); zeros as the official code,
+    or circular along the ``wrap`` axes (seamless panoramas / tiles)."""
     s = p // 2
-    return F.pad(canvas, (s, s, s, s))
+    if not wrap:
+        return F.pad(canvas, (s, s, s, s))
+    return pad(canvas, s, s, s, s, wrap)
 
 
 def crop_half(canvas: torch.Tensor, p: int) -> torch.Tensor:

@@ -32,6 +32,19 @@ class CodeTable(nn.Module):
         return self.semantic_enc(index)
 
 
+class NullCode(nn.Module):
+    """No semantic code (the Table 4 / Fig. 9a ablation): every image gets the zero code, so each ResBlock's code
+    term is the constant 1 + W SiLU(0) + b. No parameters; the U-Net is unchanged."""
+
+    def __init__(self, code_dim: int = 512):
+        super().__init__()
+        self.code_dim = code_dim
+
+    def forward(self, ref: torch.Tensor) -> torch.Tensor:
+        """ref: any (B, ...) tensor of the batch (indices or images) -> zeros (B, code_dim)."""
+        return torch.zeros(ref.shape[0], self.code_dim, device=ref.device)
+
+
 class ImageEncoder(nn.Module):
     """Half U-Net image encoder for 256x256 data (official ``BeatGANsEncoderModel``, spec §3.3).
 

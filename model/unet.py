@@ -50,13 +50,16 @@ class PatchUNet(nn.Module):
         embed_channels: width of the time+position embedding (two halves of embed_channels/2).
         code_dim: width of the semantic code.
         pos_sinusoid: sinusoid width per position axis (64; the position MLP input is twice that).
+        use_position: False is the Table 4 ablation without position embedding: every position is dropped (the
+            position MLP sees zeros, as a CFG-dropped position), with the same modules and parameter names.
     """
 
     def __init__(self, model_channels: int = 64, channel_mult=(1, 2, 4, 8), num_res_blocks: int = 2,
                  attention_levels=(2,), embed_channels: int = 512, code_dim: int = 512, pos_sinusoid: int = 64,
-                 dropout: float = 0.1, in_channels: int = 3, out_channels: int = 3):
+                 dropout: float = 0.1, in_channels: int = 3, out_channels: int = 3, use_position: bool = True):
         super().__init__()
         self.num_levels = len(channel_mult)
+        self.use_position = use_position
         self.time_embed = TimePosEmbed(model_channels, pos_sinusoid, embed_channels // 2)
 
         def rb(cin, cout, resample=None):
@@ -82,6 +85,8 @@ class PatchUNet(nn.Module):
 
     def embed(self, t: torch.Tensor, pos: torch.Tensor, pos_keep: torch.Tensor | None = None) -> torch.Tensor:
         """Per-patch time+position embedding (n, embed_channels); see TimePosEmbed."""
+        if not self.use_position:
+            pos_keep = torch.zeros(t.shape[0], device=t.device)
         return self.time_embed(t, pos, pos_keep)
 
     def encode(self, x: torch.Tensor, emb: torch.Tensor, code: torch.Tensor):

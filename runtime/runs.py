@@ -39,7 +39,7 @@ def compatible_or_raise(ckpt: dict, cfg, fmt: str, path) -> None:
     """Refuse to resume a checkpoint of another format, architecture or image size (naming the fields)."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
         raise CLIError(f"{path} is not a {fmt} checkpoint of this project")
-    saved = ckpt["config"]
+    saved = to_dict(from_dict(ckpt["config"]))  # fields added since the checkpoint take their defaults
     now = to_dict(cfg)
     problems = _diff({"model": saved["model"], "data.image_size": saved["data"]["image_size"]},
                      {"model": now["model"], "data.image_size": now["data"]["image_size"]})
