@@ -3,9 +3,11 @@
     python test.py --full_path runs/exp_latent/checkpoints/last.pt --output_dir out --img_num 16
     python test.py -f runs/exp_latent/checkpoints/last.pt -g out_wide --image_size 1024x2048 --img_num 4
     python test.py -f official_latent.ckpt -g out --img_num 50000 --batch_size 8      # an official checkpoint
+    python test.py -f runs/exp_latent/checkpoints/last.pt -g pano --image_size 512x4096 --wrap x   # 360 panorama
+    torchrun --nproc_per_node 8 test.py -f runs/exp_latent/checkpoints/last.pt -g out --img_num 50000 -b 8
 
-Image k is drawn from its own seed (seed, k), so it is the same whatever --batch_size; PNGs (k.png) are written
-as they are produced. EMA weights are used by default (the official script silently used the raw ones).
+Image k is drawn from its own seed (seed, k), so it is the same whatever --batch_size and whatever the number of
+torchrun processes (rank r makes images r, r + world, ...); PNGs (k.png) are written as they are produced. EMA weights are used by default (the official script silently used the raw ones).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from model import build_latent, build_patchdm, load_official_checkpoint, read_ch
 from runtime.device import autocast, check_precision, pick_device
 from runtime.errors import CLIError, check_divisible, parse_bands, parse_hw, run_cli
 from runtime.files import save_png
-from runtime.runs import FULL_FORMAT, TRAIN_FORMAT
+from runtime import dist as D
+from runtime.runs import FULL_FORMAT, TRAIN_FORMAT, load_patch_model
 
 
 def build_parser():
@@ -46,6 +49,8 @@ def build_parser():
                     help="autocast for the patch network (default bf16 on GPU, fp16 where bf16 is missing, fp32 on "
                          "CPU; the official script used fp16)")
     ap.add_argument("--skip_existing", action="store_true", help="keep PNGs already in --output_dir")
+    ap.add_argument("--wrap", default="", choices=["", "x", "y", "xy"],
+                    help="pad circularly instead of with zeros: x for seamless 360-degree panoramas, xy for tiles")
     ap.add_argument("--bands", default="auto",
                     help="decode the canvas in bands of tiles, bounding memory at any size with the same images: "
                          "auto (default), off (all patches at once, the official way), R or RxC tiles per band")
@@ -58,6 +63,9 @@ def load_full(path, raw: bool):
         raise CLIError("--full_path is required: the checkpoint written by train_latent.py (or an official one)")
     obj = read_checkpoint(path)
     if isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT:
+        if from_dict(obj["config"]).model.code_source == "none":  # the no-code ablation needs no latent model
+            net, cfg, _ = load_patch_model(path, ema=not raw)
+            return net, None, cfg, None, None
         raise CLIError(f"{path} is a train.py checkpoint without a latent model; run train_latent.py on it first")
     if isinstance(obj, dict) and obj.get("format") == FULL_FORMAT:
         cfg = from_dict(obj["config"])
@@ -93,7 +101,17 @@ def per_image_noise(seed: int, k: int, code_dim: int, hw: tuple):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    device = pick_device(args.device)
+    d = D.init_dist("cuda" if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+                    else "cpu")
+    try:
+        generate(args, d)
+    finally:
+        D.cleanup(d)
+    return 0
+
+
+def generate(args, d: D.Dist) -> None:
+    device = pick_device(args.device, d.local_rank)
     unet, latent, cfg, z_mean, z_std = load_full(args.full_path, args.raw)
     p = cfg.model.patch_size
     if args.patch_size and args.patch_size != p:
@@ -112,26 +130,31 @@ def main(argv=None) -> int:
         except ValueError as e:
             raise CLIError(f"{e} (try 10, 20, 25, 50, 100, ...)") from None
     band_rows, band_cols = parse_bands(args.bands, args.batch_size * (2 if w else 1), hw, p)
-    unet, latent = unet.to(device), latent.to(device)
+    unet = unet.to(device)
+    latent = latent.to(device) if latent is not None else None
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     todo = [k for k in range(args.img_num) if not (args.skip_existing and (out / f"{k}.png").exists())]
-    bar = tqdm(total=len(todo), desc="generate", unit="img", dynamic_ncols=True)
+    todo = todo[d.rank::d.world]  # each rank its share; image k depends only on (seed, k)
+    bar = tqdm(total=len(todo), desc="generate", unit="img", dynamic_ncols=True, disable=not d.main)
     for start in range(0, len(todo), args.batch_size):
         ks = todo[start:start + args.batch_size]
         z_T, x_T = zip(*(per_image_noise(args.seed, k, cfg.model.code_dim, hw) for k in ks))
-        code = ddim_sample_latent(latent, torch.stack(z_T).to(device), steps=latent_steps)
+        if latent is None:  # the no-code ablation: the zero code
+            code = torch.zeros(len(ks), cfg.model.code_dim, device=device)
+        else:
+            code = ddim_sample_latent(latent, torch.stack(z_T).to(device), steps=latent_steps)
         if z_mean is not None:
             code = code * z_std.to(device) + z_mean.to(device)
         with autocast(device, precision):
             img = ddim_sample_canvas(unet, torch.stack(x_T).to(device), code, steps=steps, patch_size=p, cfg_scale=w,
-                                     band_rows=band_rows, band_cols=band_cols)
+                                     band_rows=band_rows, band_cols=band_cols, wrap=args.wrap,
+                                     collage=cfg.model.collage, seed=args.seed)
         for k, x in zip(ks, img):
             save_png(x, out / f"{k}.png")
         bar.update(len(ks))
     bar.close()
-    print(f"wrote {len(todo)} image(s) of {hw[0]}x{hw[1]} to {out}")
-    return 0
+    print(f"{'' if d.world == 1 else f'rank {d.rank}: '}wrote {len(todo)} image(s) of {hw[0]}x{hw[1]} to {out}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from configs import get_preset, override, set_patch_size, to_dict
 from dataset import DataError, build_dataset
 from diffusion import cfg_keep_masks, ddim_sample_canvas, default_schedule, sample_window
-from diffusion.patch import window_crop, window_loss_terms
+from diffusion.patch import check_collage, window_crop, window_loss_terms
 from model import build_patchdm, count_params, read_checkpoint
 from runtime import dist as D
 from runtime.data import StepBatchSampler, make_loader
@@ -39,11 +39,12 @@ from runtime.runs import compatible_or_raise, load_code_table, restore_training
 class LossStep(nn.Module):
     """The network plus the official loss, as one forward so DDP sees every parameter use."""
 
-    def __init__(self, net, patch_size: int, image_size: tuple, windowed: bool = False):
+    def __init__(self, net, patch_size: int, image_size: tuple, windowed: bool = False, collage: str = "feature"):
         super().__init__()
         self.net, self.p, self.image_size, self.windowed = net, patch_size, tuple(image_size), windowed
+        self.collage = collage
 
-    def forward(self, x0, index, t, noise, window, code_keep=None, pos_keep=None):
+    def forward(self, x0, index, t, noise, window, code_keep=None, pos_keep=None, offset=None):
         """x0: images (B, 3, H, W), or with ``windowed`` already the 2p x 2p window of the padded images (as the
         dataset loads them for code-table models); noise (B, 3, 2p, 2p) for the window only.
         Returns per-image (shift, noshift)."""
@@ -57,7 +58,7 @@ class LossStep(nn.Module):
         else:
             x0_win, mask_win = window_crop(x0, window, self.p)
         return window_loss_terms(self.net, x0_win, mask_win, t, noise, window, code, self.p, pos_keep,
-                                 per_image=True)
+                                 per_image=True, collage=self.collage, offset=offset)
 
 
 def build_parser():
@@ -72,6 +73,12 @@ def build_parser():
     ap.add_argument("--semantic_path", default="", help="code table from initialize.py (code-table presets)")
     ap.add_argument("--semantic_enc", action="store_true", help="train the image encoder instead of a code table")
     ap.add_argument("--cfg", action="store_true", help="classifier-free-guidance dropout (code 0.1, position 0.5)")
+    ap.add_argument("--collage", choices=["feature", "pixel_fixed", "pixel_random", "none"], default=None,
+                    help="ablations (paper Fig. 2, Table 4): feature collage (default), pixel-space collage with a "
+                         "fixed or random shift, or none (independent patches)")
+    ap.add_argument("--no_position", action="store_true", help="ablation: no position embedding")
+    ap.add_argument("--no_code", action="store_true", help="ablation: no semantic code (no table, no encoder, no "
+                                                           "latent model needed to sample)")
     ap.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
     ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
                     help="autocast precision (default: the preset's fp16 on GPU, fp32 on CPU)")
@@ -95,13 +102,26 @@ def resolve_config(args, device_type: str):
     except ValueError as e:
         raise CLIError(str(e)) from None
     t = cfg.training
-    if args.semantic_enc and args.semantic_path:
-        raise CLIError("--semantic_enc and --semantic_path are mutually exclusive (encoder or code table)")
-    if args.semantic_enc:
+    if sum(map(bool, (args.semantic_enc, args.semantic_path, args.no_code))) > 1:
+        raise CLIError("--semantic_enc, --semantic_path and --no_code are mutually exclusive (encoder, code table "
+                       "or no code)")
+    if args.no_code:
+        cfg.model.code_source = "none"
+    elif args.semantic_enc:
         cfg.model.code_source = "encoder"
     elif args.semantic_path:
         cfg.model.code_source = "table"
     t.cfg = t.cfg or args.cfg
+    if args.collage:
+        cfg.model.collage = args.collage
+    if args.no_position:
+        cfg.model.use_position = False
+    try:
+        check_collage(cfg.model.collage)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    if cfg.model.code_source not in ("table", "encoder", "none"):
+        raise CLIError(f"model.code_source {cfg.model.code_source!r}: choose table, encoder or none")
     for flag, field in [("batch_size", "batch_size"), ("max_steps", "max_steps"), ("save_every", "save_every_samples"),
                         ("sample_every", "sample_every_samples")]:
         if getattr(args, flag) is not None:
@@ -129,7 +149,8 @@ def window_at(cfg, step: int) -> tuple:
 
 
 def draw(cfg, step: int, rank: int, b: int, world: int, device):
-    """Window, timesteps, noise and CFG masks of this rank's slice of the global batch at ``step``.
+    """Window, timesteps, noise, CFG masks and pixel offset (the pixel_random ablation; else None) of this rank's
+    slice of the global batch at ``step``.
 
     Everything is drawn per global sample index, so the global batch gets the same draws whatever the number of
     processes (only dropout, seeded per rank, differs).
@@ -149,8 +170,12 @@ def draw(cfg, step: int, rank: int, b: int, world: int, device):
     for i, j in enumerate(range(rank * b, (rank + 1) * b)):
         gj = torch.Generator(device).manual_seed(seeded(seed, j, step, 2))
         noise[i] = torch.randn(3, 2 * p, 2 * p, generator=gj, device=device)
+    offset = None
+    if cfg.model.collage == "pixel_random":  # the shifted crop's offset inside the window, shared by the batch
+        g5 = torch.Generator().manual_seed(seeded(seed, 0, step, 5))
+        offset = tuple(torch.randint(p, (2,), generator=g5).tolist())
     torch.manual_seed(seeded(seed, rank, step, 3))  # dropout
-    return window, t.to(device), noise, masks
+    return window, t.to(device), noise, masks, offset
 
 
 @torch.no_grad()
@@ -163,7 +188,8 @@ def preview(net, cfg, x0, index, device, path):
     x_T = torch.randn(x0.shape, generator=g, device=device)
     with autocast(device, cfg.training.precision):
         img = ddim_sample_canvas(net, x_T, code, steps=cfg.sampling.steps, patch_size=cfg.model.patch_size,
-                                 cfg_scale=cfg.sampling.cfg_scale)
+                                 cfg_scale=cfg.sampling.cfg_scale, collage=cfg.model.collage,
+                                 seed=cfg.training.seed)
     save_grid(img.float(), path, ncol=2)
 
 
@@ -255,13 +281,14 @@ def train(cfg, args, d: D.Dist, device):
     b_local = tc.batch_size // d.world
     if b_local * d.world != tc.batch_size:
         raise CLIError(f"batch size {tc.batch_size} is not divisible by the {d.world} processes")
-    step_fn = LossStep(net, cfg.model.patch_size, cfg.data.image_size, windowed=net.uses_table)
+    step_fn = LossStep(net, cfg.model.patch_size, cfg.data.image_size, windowed=not net.needs_image,
+                       collage=cfg.model.collage)
     if d.enabled:
         step_fn = nn.parallel.DistributedDataParallel(
             step_fn, device_ids=[device.index] if device.type == "cuda" else None)
     # Deviation: code-table models only need each image's training window, so the loader reads just that (same
     # pixels; images stay whole for the image encoder, which sees the full image).
-    crop = (lambda s: window_at(cfg, s)) if net.uses_table else None
+    crop = None if net.needs_image else (lambda s: window_at(cfg, s))
     sampler = StepBatchSampler(len(data), b_local, tc.seed, d.rank, d.world, step, crop, cfg.model.patch_size)
     loader = iter(make_loader(data, sampler, cfg.data.num_workers, device.type == "cuda"))
     save_steps = max(1, math.ceil(tc.save_every_samples / tc.batch_size))
@@ -281,10 +308,10 @@ def train(cfg, args, d: D.Dist, device):
             fixed = (torch.stack([data[i][0] for i in idx]).to(device), index[:4].clone())
             if d.main:
                 save_grid(fixed[0], run / "samples" / "real.png", ncol=2)
-        window, t, noise, (code_keep, pos_keep) = draw(cfg, step, d.rank, b_local, d.world, device)
+        window, t, noise, (code_keep, pos_keep), offset = draw(cfg, step, d.rank, b_local, d.world, device)
         net.train()
         with autocast(device, tc.precision):
-            shift, noshift = step_fn(x0, index, t, noise, window, code_keep, pos_keep)
+            shift, noshift = step_fn(x0, index, t, noise, window, code_keep, pos_keep, offset)
         grad_norm = optimizer_step(net, opt, scaler, shift.mean() + noshift.mean(), tc)
         ema.update(net)
         meter.add(shift.detach(), noshift.detach(), t)

@@ -147,6 +147,9 @@ def main(argv=None) -> int:
         cfg = override(cfg, args.set)
     except ValueError as e:
         raise CLIError(str(e)) from None
+    if cfg.model.code_source == "none":
+        raise CLIError(f"{args.model_path} was trained without semantic codes (--no_code): there is no code "
+                       "distribution to learn; sample it directly with test.py -f " + str(args.model_path))
     args.precision = args.precision or ("fp16" if device.type == "cuda" else "fp32")
     check_precision(args.precision, device)
     codes = net.encoder.weight.detach().float().cpu() if net.uses_table else encoder_codes(net, cfg, args.data_path,

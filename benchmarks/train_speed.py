@@ -62,7 +62,7 @@ def main(argv=None) -> int:
 
     def one(step):
         x0, index = (v.to(device, non_blocking=True) for v in next(loader)) if args.data else fixed
-        window, t, noise, (ck, pk) = draw(cfg, step, 0, args.batch, 1, device)
+        window, t, noise, (ck, pk), _ = draw(cfg, step, 0, args.batch, 1, device)
         with autocast(device, args.precision):
             shift, noshift = step_fn(x0, index, t, noise, window, ck, pk)
         optimizer_step(net, opt, scaler, shift.mean() + noshift.mean(), tc)

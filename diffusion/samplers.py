@@ -65,7 +65,10 @@ def ddim_sample_canvas(unet, x_T: torch.Tensor, code: torch.Tensor, steps: int =
                               band_rows or x_T.shape[-2] // patch_size, band_cols, wrap)
         x = x_T.clone()
     else:
-        step = _whole_step(unet, code, sched, patch_size, cfg_scale, clip_x0, wrap, collage, seed)
+        banded = band_rows is not None or band_cols is not None
+        max_patches = None if not banded else x_T.shape[0] * (band_rows or x_T.shape[-2] // patch_size + 1) * (
+            band_cols or x_T.shape[-1] // patch_size + 1)  # the ablations' patches are independent: plain chunks
+        step = _whole_step(unet, code, sched, patch_size, cfg_scale, clip_x0, wrap, collage, seed, max_patches)
         x = x_T
     cond = None if known is None else KnownRegion(*known, sched, seed)
     if resample < 1:
@@ -82,7 +85,7 @@ def ddim_sample_canvas(unet, x_T: torch.Tensor, code: torch.Tensor, steps: int =
     return x if cond is None else cond.finish(x)
 
 
-def _whole_step(unet, code, sched, p, cfg_scale, clip_x0, wrap, collage, seed):
+def _whole_step(unet, code, sched, p, cfg_scale, clip_x0, wrap, collage, seed, max_patches=None):
     """step(x, i, k) -> x at step i-1, evaluating the whole canvas at once (the official way)."""
 
     def step(x, i, k):
@@ -90,7 +93,8 @@ def _whole_step(unet, code, sched, p, cfg_scale, clip_x0, wrap, collage, seed):
         if collage == "feature":
             eps = guided_canvas_eps(unet, x, t, code, p, cfg_scale, wrap=wrap)
         else:
-            eps = guided_shifted_eps(unet, x, t, code, p, pixel_shift(collage, k, p, seed), cfg_scale, wrap)
+            eps = guided_shifted_eps(unet, x, t, code, p, pixel_shift(collage, k, p, seed), cfg_scale, wrap,
+                                     max_patches)
         return ddim_step(sched, x, i, eps.to(x.dtype), clip_x0)
 
     return step
