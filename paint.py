@@ -1,0 +1,253 @@
+"""Inpainting and outpainting with a trained Patch-DM (paper Fig. 7, 8; not in the official code).
+
+    python paint.py inpaint  -f runs/exp/checkpoints/last.pt --image photo.png --mask hole.png -o filled.png
+    python paint.py outpaint -f runs/exp/checkpoints/last.pt --image photo.png --canvas 512x2048 -o wide.png
+    python paint.py outpaint -f runs/exp/checkpoints/last.pt --image photo.png --canvas 512x2048 --place 0,0 \
+        --wrap x -o pano.png                                         # extend to the right into a 360-degree panorama
+
+Inpainting: --mask is an image of the same size, white (>= 128) where pixels are to be generated, black where they
+are kept. Outpainting: the image is placed on a larger --canvas at --place TOP,LEFT (default: centred) and the rest
+is generated. The kept pixels come back unchanged (bit for bit in the PNG). Each DDIM step replaces the kept pixels
+by the image forward-noised to that step; --resample R repeats every step R times with re-noising in between
+(RePaint), which blends the boundary (R times the cost). The semantic code (--code) is fitted to the kept pixels by
+default (code-table models), computed by the image encoder (encoder models), or sampled from the latent DDPM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from configs import from_dict
+from dataset import to_rgb, to_unit_tensor
+from diffusion import ddim_sample_canvas, ddim_sample_latent, space_timesteps
+from diffusion.inpaint import fit_code
+from model import build_latent, build_patchdm, load_official_checkpoint, read_checkpoint
+from runtime.device import autocast, check_precision, pick_device
+from runtime.errors import CLIError, parse_bands, parse_hw, run_cli
+from runtime.files import save_png
+from runtime.runs import FULL_FORMAT, load_patch_model
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("mode", choices=["inpaint", "outpaint"])
+    ap.add_argument("--full_path", "-f", required=True,
+                    help="train.py checkpoint, train_latent.py full checkpoint, or an official one")
+    ap.add_argument("--image", "-i", required=True, help="the known image (any format PIL reads)")
+    ap.add_argument("--mask", "-m", default=None, help="inpaint: white = generate, black = keep (same size)")
+    ap.add_argument("--canvas", default=None, help="outpaint: HxW of the result, multiples of the patch size")
+    ap.add_argument("--place", default="center", help="outpaint: TOP,LEFT pixel of the image on the canvas, or center")
+    ap.add_argument("--output", "-o", required=True, help="output PNG (with --num N: NAME_k.png)")
+    ap.add_argument("--num", type=int, default=1, help="number of results (seeds seed..seed+N-1)")
+    ap.add_argument("--code", default="auto",
+                    help="auto (fit for code-table models, the image encoder for encoder models), fit, encoder, "
+                         "latent (sampled from the latent DDPM: a full checkpoint), or index:N (training image N)")
+    ap.add_argument("--fit_steps", type=int, default=200, help="Adam steps of --code fit")
+    ap.add_argument("--fit_lr", type=float, default=1e-2, help="Adam learning rate of --code fit")
+    ap.add_argument("--resample", type=int, default=5, help="RePaint resampling per step (1 = replacement only)")
+    ap.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50)")
+    ap.add_argument("--cfg_scale", type=float, default=None, help="guidance w (default: the checkpoint's)")
+    ap.add_argument("--wrap", default="", choices=["", "x", "y", "xy"], help="circular padding (panoramas, tiles)")
+    ap.add_argument("--bands", default="auto", help="as test.py: auto, off, R or RxC tiles per band")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--raw", action="store_true", help="raw (non-EMA) weights")
+    ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default CUDA when present)")
+    ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
+                    help="sampling autocast (default bf16 on GPU, fp32 on CPU); code fitting runs in fp32")
+    return ap
+
+
+def load_models(path, raw: bool):
+    """(net: PatchDM, cfg, latent or None, z_mean, z_std) from any checkpoint this project reads."""
+    obj = read_checkpoint(path)
+    if isinstance(obj, dict) and obj.get("format") == FULL_FORMAT:
+        cfg = from_dict(obj["config"])
+        sd = obj["patch_model"]
+        n = sd["encoder.semantic_enc.weight"].shape[0] if "encoder.semantic_enc.weight" in sd else None
+        net = build_patchdm(cfg.model, n)
+        net.load_state_dict(sd)
+        latent = build_latent(cfg.latent, cfg.model.code_dim)
+        latent.load_state_dict(obj["latent_raw" if raw else "latent"])
+        return net.eval(), cfg, latent.eval(), obj.get("z_mean"), obj.get("z_std")
+    official = not (isinstance(obj, dict) and "format" in obj)
+    del obj
+    net, cfg, _ = load_patch_model(path, ema=not raw)
+    latent = load_official_checkpoint(path, ema=not raw).latent_net if official else None
+    return net, cfg, latent, None, None
+
+
+def read_image(path) -> torch.Tensor:
+    """(1, 3, H, W) in [-1, 1] from any image file; one-line errors for missing or unreadable files."""
+    try:
+        with Image.open(path) as img:
+            a = np.asarray(to_rgb(img), dtype=np.uint8)
+    except FileNotFoundError:
+        raise CLIError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise CLIError(f"{path}: not a readable image ({e})") from None
+    return to_unit_tensor(a)[None]
+
+
+def read_mask(path, hw: tuple) -> torch.Tensor:
+    """(1, 1, H, W) float, 1 = keep, from a mask image (white = generate)."""
+    try:
+        with Image.open(path) as img:
+            m = np.asarray(img.convert("L"))
+    except FileNotFoundError:
+        raise CLIError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise CLIError(f"{path}: not a readable mask image ({e})") from None
+    if m.shape != tuple(hw):
+        raise CLIError(f"mask {path} is {m.shape[0]}x{m.shape[1]} but the image is {hw[0]}x{hw[1]} (HxW)")
+    return torch.from_numpy((m < 128).astype(np.float32))[None, None]
+
+
+def round_up(v: int, p: int) -> int:
+    return -(-v // p) * p
+
+
+def inpaint_canvas(image, mask, p):
+    """Canvas (image padded to multiples of p; the margin is generated and cropped off) and crop box."""
+    h, w = image.shape[-2:]
+    H, W = round_up(h, p), round_up(w, p)
+    x = F.pad(image, (0, W - w, 0, H - h))
+    m = F.pad(mask, (0, W - w, 0, H - h))
+    return x, m, (0, 0, h, w)
+
+
+def outpaint_canvas(image, canvas_hw, place, p):
+    """Canvas with the image at place=(top, left); mask 1 on the image."""
+    H, W = canvas_hw
+    if H % p or W % p:
+        raise CLIError(f"--canvas {H}x{W} is not divisible by the patch size {p}")
+    h, w = image.shape[-2:]
+    if place == "center":
+        top, left = (H - h) // 2, (W - w) // 2
+    else:
+        try:
+            top, left = (int(v) for v in place.split(","))
+        except ValueError:
+            raise CLIError(f"--place {place!r}: use TOP,LEFT (pixels) or center") from None
+    if top < 0 or left < 0 or top + h > H or left + w > W:
+        raise CLIError(f"the {h}x{w} image at {top},{left} does not fit the {H}x{W} canvas "
+                       "(shrink the image or enlarge --canvas)")
+    x = torch.zeros(1, 3, H, W)
+    m = torch.zeros(1, 1, H, W)
+    x[..., top:top + h, left:left + w] = image
+    m[..., top:top + h, left:left + w] = 1
+    return x, m, (0, 0, H, W)
+
+
+def choose_code(args, net, cfg, latent, z_mean, z_std, x, m, device, k: int):
+    """The semantic code (1, D) of result k, as --code asks."""
+    kind = args.code
+    if kind == "auto":
+        kind = {"table": "fit", "encoder": "encoder", "none": "none"}[cfg.model.code_source]
+    if cfg.model.code_source == "none":
+        return torch.zeros(1, cfg.model.code_dim, device=device)
+    if kind.startswith("index:"):
+        if not net.uses_table:
+            raise CLIError("--code index:N needs a code-table model")
+        try:
+            i = int(kind.split(":", 1)[1])
+        except ValueError:
+            raise CLIError(f"--code {kind!r}: N must be an integer") from None
+        if not 0 <= i < net.encoder.weight.shape[0]:
+            raise CLIError(f"--code {kind}: the table has {net.encoder.weight.shape[0]} rows")
+        return net.encoder.weight[i:i + 1].detach()
+    if kind == "latent":
+        if latent is None:
+            raise CLIError("--code latent needs a checkpoint with a latent model (from train_latent.py)")
+        g = torch.Generator().manual_seed(args.seed + k)
+        code = ddim_sample_latent(latent, torch.randn(1, cfg.model.code_dim, generator=g).to(device),
+                                  steps=cfg.sampling.latent_steps)
+        return code if z_mean is None else code * z_std.to(device) + z_mean.to(device)
+    if kind == "encoder":
+        if not net.needs_image:
+            raise CLIError("--code encoder needs a model trained with the image encoder (--semantic_enc)")
+        # the encoder saw whole training images: give it the known image at the training size
+        h, w = cfg.data.image_size
+        with torch.no_grad():
+            return net.encoder(F.interpolate(x * m, size=(h, w), mode="bilinear", antialias=True,
+                                             align_corners=False))
+    if kind == "fit":
+        if net.uses_table:
+            init = net.encoder.weight.detach().mean(dim=0, keepdim=True)
+        elif net.needs_image:
+            init = choose_code(argparse.Namespace(**{**vars(args), "code": "encoder"}), net, cfg, latent, z_mean,
+                               z_std, x, m, device, k)
+        else:
+            init = torch.zeros(1, cfg.model.code_dim, device=device)
+        bar = tqdm(total=args.fit_steps, desc="fit code", leave=False, dynamic_ncols=True)
+
+        def progress(step, loss):
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+
+        try:
+            code = fit_code(net, x, m, cfg.model.patch_size, init.to(device), steps=args.fit_steps, lr=args.fit_lr,
+                            seed=args.seed + k, collage=cfg.model.collage, progress=progress)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        bar.close()
+        return code
+    raise CLIError(f"--code {args.code!r}: use auto, fit, encoder, latent or index:N")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    device = pick_device(args.device)
+    if args.num < 1 or args.resample < 1:
+        raise CLIError("--num and --resample must be at least 1")
+    net, cfg, latent, z_mean, z_std = load_models(args.full_path, args.raw)
+    p = cfg.model.patch_size
+    image = read_image(args.image)
+    if args.mode == "inpaint":
+        if not args.mask:
+            raise CLIError("inpaint needs --mask (white = generate, black = keep)")
+        x, m, box = inpaint_canvas(image, read_mask(args.mask, image.shape[-2:]), p)
+    else:
+        if not args.canvas:
+            raise CLIError("outpaint needs --canvas HxW (larger than the image, multiples of the patch size)")
+        x, m, box = outpaint_canvas(image, parse_hw(args.canvas), args.place, p)
+    if m.min() == 1:
+        raise CLIError("nothing to generate: the mask keeps every pixel")
+    steps = args.steps or cfg.sampling.steps
+    try:
+        space_timesteps(cfg.diffusion.num_timesteps, steps)
+    except ValueError as e:
+        raise CLIError(f"{e} (try 10, 20, 25, 50, 100, ...)") from None
+    precision = check_precision(args.precision or ("bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported()
+                                                   else "fp16" if device.type == "cuda" else "fp32"), device)
+    w = cfg.sampling.cfg_scale if args.cfg_scale is None else args.cfg_scale
+    band_rows, band_cols = parse_bands(args.bands, 2 if w else 1, x.shape[-2:], p)
+    net, x, m = net.to(device), x.to(device), m.to(device)
+    latent = latent.to(device) if latent is not None else None
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for k in range(args.num):
+        code = choose_code(args, net, cfg, latent, z_mean, z_std, x, m, device, k)
+        g = torch.Generator().manual_seed(args.seed + k)
+        x_T = torch.randn(x.shape, generator=g).to(device)
+        with torch.no_grad(), autocast(device, precision):
+            img = ddim_sample_canvas(net, x_T, code, steps=steps, patch_size=p, cfg_scale=w, band_rows=band_rows,
+                                     band_cols=band_cols, wrap=args.wrap, collage=cfg.model.collage,
+                                     known=(x, m), resample=args.resample, seed=args.seed + k, progress=True)
+        top, left, h, wd = box
+        path = out if args.num == 1 else out.with_name(f"{out.stem}_{k}{out.suffix or '.png'}")
+        save_png(img[0, :, top:top + h, left:left + wd], path)
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
