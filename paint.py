@@ -37,8 +37,8 @@ from runtime.runs import FULL_FORMAT, load_patch_model
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=["inpaint", "outpaint"])
     ap.add_argument("--full_path", "-f", required=True,
                     help="train.py checkpoint, train_latent.py full checkpoint, or an official one")

@@ -7,7 +7,8 @@
     torchrun --nproc_per_node 8 test.py -f runs/exp_latent/checkpoints/last.pt -g out --img_num 50000 -b 8
 
 Image k is drawn from its own seed (seed, k), so it is the same whatever --batch_size and whatever the number of
-torchrun processes (rank r makes images r, r + world, ...); PNGs (k.png) are written as they are produced. EMA weights are used by default (the official script silently used the raw ones).
+torchrun processes (rank r makes images r, r + world, ...); PNGs (k.png) are written as they are produced. EMA
+weights are used by default (the official script silently used the raw ones).
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ from diffusion import canvas_eps, ddim_sample_canvas
 from diffusion.patch import (check_collage, pixel_shift, shifted_canvas_eps, window_crop, window_loss_terms)
 from model import build_patchdm, build_unet
 from model.collage import pad_half, split, stitch, wrap_axes
-from tests.conftest import randomize
 
 P = 8
 
