@@ -205,3 +205,22 @@ def test_known_region_streamed_equals_whole(tiny_unet):
     b = ddim_sample_canvas(tiny_unet, x_T, _codes(2), band_rows=1, band_cols=2, **kw)
     # fp32 reassociation (~1e-6 in eps) is amplified by the re-noised steps of a random network
     assert (a - b).abs().max() < 3e-3 and (a - b).abs().mean() < 1e-5
+
+
+def test_canvases_beyond_the_training_size_extend_the_position_grid(tiny_unet):
+    """Faithful (spec §2.3): a larger canvas uses larger coordinates, no normalisation or wrapping of positions."""
+    seen = []
+    orig = tiny_unet.embed
+
+    def spy(t, pos, pos_keep=None):
+        seen.append(pos.clone())
+        return orig(t, pos, pos_keep)
+
+    tiny_unet.embed = spy
+    try:
+        canvas_eps(tiny_unet, torch.randn(1, 3, 4 * P, 6 * P), torch.tensor([3]), _codes(1), P)  # 2x the 2x3 grid
+    finally:
+        del tiny_unet.embed
+    enc, dec = seen
+    assert enc.shape == (5 * 7, 2) and enc[:, 0].max() == 4 and enc[:, 1].max() == 6 and enc.min() == 0
+    assert dec.shape == (4 * 6, 2) and dec[:, 0].max() == 3.5 and dec[:, 1].max() == 5.5 and dec.min() == 0.5

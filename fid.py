@@ -1,0 +1,113 @@
+"""FID between generated images and the training images (metrics/fid.py; pytorch-fid's TF-FID Inception).
+
+    python fid.py --gen out --real data/nature.lmdb --config nature --real_stats data/nature_fid.npz
+    python fid.py --real data/nature.lmdb --config nature --real_stats data/nature_fid.npz   # only cache the real side
+    python fid.py --gen out --real data/nature_fid.npz                                         # cached statistics
+
+The paper's protocol: 50,000 generated images (test.py --img_num 50000) against all training images at the
+training resolution (the --config preset's geometry). Real statistics are cached in --real_stats (.npz, reused only
+when computed from the same images, size, feature dims and weights). The Inception weights come from --weights or
+the torch hub cache, are never downloaded, and must be the genuine TF-FID file (SHA-256 prefix 6726825d) for the
+result to be called FID; --untrusted_weights reports a Fréchet distance under other weights instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from configs import get_preset
+from dataset import DataError
+from metrics.fid import (FIDError, activations, find_weights, frechet_distance, load_inception, load_stats, save_stats,
+                         sha256, statistics)
+from metrics.images import open_images
+from runtime.device import pick_device
+from runtime.errors import CLIError, run_cli
+from runtime.files import atomic_write_text
+
+PAPER_NUM = 50_000
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gen", "-g", default=None, help="folder of generated images (test.py --output_dir)")
+    ap.add_argument("--real", "-r", required=True, help="training LMDB / image folder, or a statistics .npz")
+    ap.add_argument("--config", default="nature",
+                    help="preset whose data geometry reads --real (default nature); none: a folder as stored")
+    ap.add_argument("--real_stats", default=None, help=".npz cache of the real statistics (read or written)")
+    ap.add_argument("--num_gen", type=int, default=None, help="use the first N generated images (default all)")
+    ap.add_argument("--num_real", type=int, default=None, help="use the first N real images (default all)")
+    ap.add_argument("--weights", default=None, help="Inception weights file (default: the torch hub cache)")
+    ap.add_argument("--untrusted_weights", action="store_true",
+                    help="accept other Inception weights; the result is then not called FID")
+    ap.add_argument("--dims", type=int, default=2048, choices=[64, 192, 768, 2048], help="Inception features")
+    ap.add_argument("--batch_size", "-b", type=int, default=100)
+    ap.add_argument("--workers", type=int, default=4, help="image decoding workers")
+    ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default CUDA when present)")
+    ap.add_argument("--out", default=None, help="also write the result as JSON here")
+    return ap
+
+
+def real_statistics(args, model, weights_sha, device):
+    """(mu, sigma, n) of the real side, from a .npz, the cache, or computed (and cached)."""
+    if args.real.endswith(".npz"):
+        mu, sigma, meta = load_stats(args.real)
+        return mu, sigma, int(meta.get("n", 0)) or None
+    data_cfg = None if args.config == "none" else get_preset(args.config).data
+    images = open_images(args.real, data_cfg, args.num_real)
+    geometry = ("as stored", "none") if data_cfg is None else ("x".join(map(str, data_cfg.image_size)),
+                                                               data_cfg.transform)
+    meta = dict(source=str(Path(args.real).resolve()), image_size=geometry[0], transform=geometry[1], n=len(images),
+                dims=args.dims, weights_sha256=weights_sha)
+    cache = args.real_stats
+    if cache and Path(cache).is_file():
+        mu, sigma, saved = load_stats(cache)
+        if saved == {k: str(v) for k, v in meta.items()}:
+            print(f"real statistics from {cache} ({meta['n']} images)")
+            return mu, sigma, len(images)
+        print(f"{cache} was computed from other images or settings; recomputing")
+    mu, sigma = statistics(activations(model, images, args.batch_size, device, args.workers, "real"))
+    if cache:
+        save_stats(cache, mu, sigma, **meta)
+        print(f"cached real statistics in {cache}")
+    return mu, sigma, len(images)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    device = pick_device(args.device)
+    if args.batch_size < 1:
+        raise CLIError("--batch_size must be at least 1")
+    try:
+        weights = find_weights(args.weights)
+        model, genuine = load_inception(weights, device, args.dims, args.untrusted_weights)
+        weights_sha = sha256(weights)
+        with torch.inference_mode():
+            mu_r, sigma_r, n_real = real_statistics(args, model, weights_sha, device)
+            if args.gen is None:
+                return 0
+            gen = open_images(args.gen, None, args.num_gen)
+            mu_g, sigma_g = statistics(activations(model, gen, args.batch_size, device, args.workers, "generated"))
+        value = frechet_distance(mu_g, sigma_g, mu_r, sigma_r)
+    except (FIDError, DataError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    name = "FID" if genuine else "FD (untrusted Inception weights, not an FID)"
+    if args.dims != 2048 and genuine:
+        name = f"FID-{args.dims} (not the standard 2048-d FID)"
+    result = {"metric": name, "value": value, "num_gen": len(gen), "num_real": n_real, "dims": args.dims,
+              "weights_sha256": weights_sha, "genuine_weights": genuine}
+    print(f"{name}: {value:.4f}  ({len(gen)} generated vs {n_real} real images)")
+    if len(gen) < PAPER_NUM:
+        print(f"note: the paper's protocol uses {PAPER_NUM:,} generated images; FID is biased upward with fewer")
+    if args.out:
+        atomic_write_text(json.dumps(result, indent=2), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
