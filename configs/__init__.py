@@ -149,6 +149,21 @@ def _tiny() -> Config:
     return c
 
 
+def _small() -> Config:
+    """CPU-sized experiments on real photos: patch 16, widths 32-64, 64x128 images (a 4x8 patch grid)."""
+    c = Config(name="small")
+    c.model = ModelConfig(patch_size=16, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                          attention_levels=(2,), embed_channels=128, pos_sinusoid=16, code_dim=512, dropout=0.0,
+                          encoder_channels=32, encoder_mult=(1, 2, 2, 2), encoder_attention_levels=(2,))
+    c.data = DataConfig(image_size=(64, 128), transform="nature", resize=(64, 160), num_workers=1)
+    c.training = TrainingConfig(batch_size=32, precision="fp32", lr=2e-4, ema_decay=0.999,
+                                save_every_samples=32_000, sample_every_samples=64_000)
+    c.latent = LatentConfig(hidden=256, num_layers=4, time_sinusoid=32, batch_size=64, total_samples=200_000,
+                            save_every_samples=50_000, ema_decay=0.999)
+    c.sampling = SamplingConfig(image_size=(64, 128), steps=50, latent_steps=50)
+    return c
+
+
 _BASE = {
     # §5.3: "nature1024" is 1024 wide x 512 tall: resize to 512x1280, centre crop 512x1024; code table, no CFG.
     "nature": lambda: _paper("nature", (512, 1024), "nature", resize=(512, 1280)),
@@ -163,16 +178,18 @@ _BASE = {
 
 
 def preset_names() -> list:
-    names = ["tiny"]
+    names = ["tiny", "small"]
     for base in _BASE:
         names += [base, f"{base}-p128", f"{base}-p256"]
     return names
 
 
 def get_preset(name: str) -> Config:
-    """A fresh config for a preset: tiny, or one of the paper's datasets optionally suffixed -p128 / -p256."""
+    """A fresh config for a preset: tiny, small, or one of the paper's datasets optionally suffixed -p128 / -p256."""
     if name == "tiny":
         return _tiny()
+    if name == "small":
+        return _small()
     base, _, suffix = name.partition("-p")
     if base not in _BASE or (suffix and suffix not in ("128", "256")):
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())}")

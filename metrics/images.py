@@ -48,6 +48,8 @@ class TrainingImages(Dataset):
         return self.n
 
     def __getitem__(self, i) -> np.ndarray:
+        if not 0 <= i < self.n:
+            raise IndexError(i)  # ends plain iteration (the dataset itself raises DataError past its end)
         return np.ascontiguousarray(self.data._array(i))
 
 

@@ -176,3 +176,12 @@ def test_seams_cli(tmp_path, capsys):
     assert res["generated"]["0"]["mean"] > 1.5 > res["real"]["0"]["mean"] and res["real"]["0"]["n"] == 3
     assert "generated" in capsys.readouterr().out
     assert run_cli(seams_cli.main, ["--images", str(tmp_path / "missing"), "--patch", "8"]) == 2
+    # real images from an LMDB, read through the preset's geometry, iterated to the end
+    import img2lmdb
+    assert run_cli(img2lmdb.main, ["-i", str(real), "-o", str(tmp_path / "real.lmdb"), "-n", "1"]) == 0
+    assert run_cli(seams_cli.main, ["--images", str(gen), "--patch", "8", "--real", str(tmp_path / "real.lmdb"),
+                                    "--config", "tiny", "--num", "2", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["real"]["0"]["n"] == 2
+    assert run_cli(seams_cli.main, ["--images", str(gen), "--patch", "8", "--real", str(tmp_path / "real.lmdb"),
+                                    "--config", "tiny", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["real"]["0"]["n"] == 3
