@@ -25,6 +25,7 @@ from diffusion import ddim_sample_canvas, ddim_sample_latent, space_timesteps
 from model import build_latent, build_patchdm, load_official_checkpoint, read_checkpoint
 from runtime.device import autocast, check_precision, pick_device
 from runtime.errors import CLIError, check_divisible, parse_bands, parse_hw, run_cli
+from runtime.fast import COMPILE_MODES, speed_up
 from runtime.files import save_png
 from runtime import dist as D
 from runtime.runs import FULL_FORMAT, TRAIN_FORMAT, load_patch_model
@@ -49,6 +50,8 @@ def build_parser():
     ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
                     help="autocast for the patch network (default bf16 on GPU, fp16 where bf16 is missing, fp32 on "
                          "CPU; the official script used fp16)")
+    ap.add_argument("--compile", default="none", choices=list(COMPILE_MODES),
+                    help="torch.compile the U-Net block by block (same images; pays on GPUs, see docs/BENCHMARKS.md)")
     ap.add_argument("--skip_existing", action="store_true", help="keep PNGs already in --output_dir")
     ap.add_argument("--wrap", default="", choices=["", "x", "y", "xy"],
                     help="pad circularly instead of with zeros: x for seamless 360-degree panoramas, xy for tiles")
@@ -131,7 +134,7 @@ def generate(args, d: D.Dist) -> None:
         except ValueError as e:
             raise CLIError(f"{e} (try 10, 20, 25, 50, 100, ...)") from None
     band_rows, band_cols = parse_bands(args.bands, args.batch_size * (2 if w else 1), hw, p)
-    unet = unet.to(device)
+    unet = speed_up(unet.to(device), args.compile)
     latent = latent.to(device) if latent is not None else None
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

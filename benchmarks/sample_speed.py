@@ -20,6 +20,7 @@ from diffusion import ddim_sample_canvas
 from model import build_unet
 from runtime.device import autocast, pick_device
 from runtime.errors import parse_bands, parse_hw
+from runtime.fast import speed_up
 
 
 def measure(unet, device, hw, batch, precision, steps, bands, cfg_scale, p, code_dim):
@@ -45,6 +46,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--cfg_scale", type=float, default=0.0)
     ap.add_argument("--bands", default="auto", help="auto, off, R or RxC tiles per band (as test.py)")
+    ap.add_argument("--compile", default="none", help="torch.compile mode per block: none, default, "
+                                                      "reduce-overhead, max-autotune (runtime/fast.py)")
+    ap.add_argument("--channels_last", action="store_true", help="channels-last memory format")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=None, help="append JSONL rows here")
     ap.add_argument("--smoke", action="store_true", help="tiny preset, CPU, 3 steps")
@@ -54,7 +58,7 @@ def main(argv=None) -> int:
         args.device = args.device or "cpu"
     device = pick_device(args.device)
     cfg = get_preset(args.preset)
-    unet = build_unet(cfg.model).to(device).eval()
+    unet = speed_up(build_unet(cfg.model).to(device).eval(), args.compile, args.channels_last)
     env = environment(device)
     rows = []
     for size in args.sizes.split(","):
@@ -62,8 +66,10 @@ def main(argv=None) -> int:
             for precision in args.precision.split(","):
                 r = measure(unet, device, parse_hw(size), batch, precision, args.steps, args.bands,
                             args.cfg_scale, cfg.model.patch_size, cfg.model.code_dim)
-                rows.append({**env, "preset": args.preset, **r})
-    emit(rows, args.out, ["size", "batch", "precision", "cfg", "bands", "s_per_image", "peak_gib"])
+                rows.append({**env, "preset": args.preset, "compile": args.compile,
+                             "channels_last": args.channels_last, **r})
+    emit(rows, args.out, ["size", "batch", "precision", "cfg", "bands", "compile", "channels_last", "s_per_image",
+                          "peak_gib"])
     return 0
 
 

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue 4 measurements in one device call (<= 10 min): sampling speed/memory with the speed switches, the
+# column-chunked 4096x8192 bands, training throughput/peak. Rows go to $OUT/*.jsonl; the log to $OUT/log.txt.
+# Usage on the GPU machine: OUT=... bash scripts/gpu_issue4.sh [sample|bands|train|all]
+set -uo pipefail
+what=${1:-all}
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+log() { tee -a "$OUT/log.txt"; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | log
+if [ "$what" = sample ] || [ "$what" = all ]; then
+  for c in none default max-autotune-no-cudagraphs; do
+    python3 -m benchmarks.sample_speed --sizes 512x1024 --batches 1,4 --precision bf16 --bands off --compile "$c" \
+      --out "$OUT/sample.jsonl" 2>&1 | log
+  done
+  python3 -m benchmarks.sample_speed --sizes 512x1024 --batches 4 --precision bf16 --bands off --compile default \
+    --channels_last --out "$OUT/sample.jsonl" 2>&1 | log
+  python3 -m benchmarks.sample_speed --sizes 512x1024 --batches 4 --precision bf16 --bands off --compile default \
+    --cfg_scale 0.5 --out "$OUT/sample.jsonl" 2>&1 | log
+fi
+if [ "$what" = bands ] || [ "$what" = all ]; then
+  for b in 1x64 1x32 1x16; do
+    python3 -m benchmarks.sample_speed --sizes 4096x8192 --batches 1 --precision bf16 --bands "$b" --steps 2 \
+      --out "$OUT/bands.jsonl" 2>&1 | log
+  done
+fi
+if [ "$what" = train ] || [ "$what" = all ]; then
+  for c in none default; do
+    python3 -m benchmarks.train_speed --batch 96 --precision bf16 --steps 10 --warmup 5 --compile "$c" \
+      --out "$OUT/train.jsonl" 2>&1 | log
+  done
+fi
