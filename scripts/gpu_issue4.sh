@@ -30,3 +30,4 @@ if [ "$what" = train ] || [ "$what" = all ]; then
       --out "$OUT/train.jsonl" 2>&1 | log
   done
 fi
+python3 -m benchmarks.precision --preset nature --size 128x256 --precision bf16,fp16 --out "$OUT/precision.jsonl" 2>&1 | log
