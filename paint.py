@@ -25,15 +25,14 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from configs import from_dict
 from dataset import to_rgb, to_unit_tensor
 from diffusion import ddim_sample_canvas, ddim_sample_latent, space_timesteps
 from diffusion.inpaint import fit_code
-from model import build_latent, build_patchdm, load_official_checkpoint, read_checkpoint
+from model import load_official_checkpoint, read_checkpoint
 from runtime.device import autocast, check_precision, pick_device
 from runtime.errors import CLIError, parse_bands, parse_hw, run_cli
 from runtime.files import save_png
-from runtime.runs import FULL_FORMAT, load_patch_model
+from runtime.runs import FULL_FORMAT, load_patch_model, models_from_full
 
 
 def build_parser():
@@ -70,14 +69,7 @@ def load_models(path, raw: bool):
     """(net: PatchDM, cfg, latent or None, z_mean, z_std) from any checkpoint this project reads."""
     obj = read_checkpoint(path)
     if isinstance(obj, dict) and obj.get("format") == FULL_FORMAT:
-        cfg = from_dict(obj["config"])
-        sd = obj["patch_model"]
-        n = sd["encoder.semantic_enc.weight"].shape[0] if "encoder.semantic_enc.weight" in sd else None
-        net = build_patchdm(cfg.model, n)
-        net.load_state_dict(sd)
-        latent = build_latent(cfg.latent, cfg.model.code_dim)
-        latent.load_state_dict(obj["latent_raw" if raw else "latent"])
-        return net.eval(), cfg, latent.eval(), obj.get("z_mean"), obj.get("z_std")
+        return models_from_full(obj, raw)
     official = not (isinstance(obj, dict) and "format" in obj)
     del obj
     net, cfg, _ = load_patch_model(path, ema=not raw)

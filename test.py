@@ -22,13 +22,13 @@ from tqdm import tqdm
 
 from configs import from_dict
 from diffusion import ddim_sample_canvas, ddim_sample_latent, space_timesteps
-from model import build_latent, build_patchdm, load_official_checkpoint, read_checkpoint
+from model import load_official_checkpoint, read_checkpoint
 from runtime.device import autocast, check_precision, pick_device
 from runtime.errors import CLIError, check_divisible, parse_bands, parse_hw, run_cli
 from runtime.fast import COMPILE_MODES, speed_up
 from runtime.files import save_png
 from runtime import dist as D
-from runtime.runs import FULL_FORMAT, TRAIN_FORMAT, load_patch_model
+from runtime.runs import FULL_FORMAT, TRAIN_FORMAT, load_patch_model, models_from_full
 
 
 def build_parser():
@@ -72,14 +72,8 @@ def load_full(path, raw: bool):
             return net, None, cfg, None, None
         raise CLIError(f"{path} is a train.py checkpoint without a latent model; run train_latent.py on it first")
     if isinstance(obj, dict) and obj.get("format") == FULL_FORMAT:
-        cfg = from_dict(obj["config"])
-        sd = obj["patch_model"]
-        n = sd["encoder.semantic_enc.weight"].shape[0] if "encoder.semantic_enc.weight" in sd else None
-        net = build_patchdm(cfg.model, n)
-        net.load_state_dict(sd)
-        latent = build_latent(cfg.latent, cfg.model.code_dim)
-        latent.load_state_dict(obj["latent_raw" if raw else "latent"])
-        return net.eval(), latent.eval(), cfg, obj.get("z_mean"), obj.get("z_std")
+        net, cfg, latent, z_mean, z_std = models_from_full(obj, raw)
+        return net, latent, cfg, z_mean, z_std
     del obj
     loaded = load_official_checkpoint(path, ema=not raw)
     if loaded.latent_net is None:

@@ -96,6 +96,21 @@ def load_patch_model(path, ema: bool = True):
     return net.eval(), cfg, None
 
 
+def models_from_full(obj: dict, raw: bool = False):
+    """(net: PatchDM, cfg, latent_net, z_mean, z_std) of a train_latent.py full checkpoint dict (eval mode, CPU).
+
+    raw=True takes the latent model's raw weights instead of its EMA."""
+    from model import build_latent, build_patchdm
+    cfg = from_dict(obj["config"])
+    sd = obj["patch_model"]
+    n = sd["encoder.semantic_enc.weight"].shape[0] if "encoder.semantic_enc.weight" in sd else None
+    net = build_patchdm(cfg.model, n)
+    net.load_state_dict(sd)
+    latent = build_latent(cfg.latent, cfg.model.code_dim)
+    latent.load_state_dict(obj["latent_raw" if raw else "latent"])
+    return net.eval(), cfg, latent.eval(), obj.get("z_mean"), obj.get("z_std")
+
+
 def restore_training(ckpt: dict, model, ema, opt, scaler, model_key: str, ema_key: str) -> int:
     """Load model, EMA, optimizer and scaler states from a checkpoint dict; returns its step."""
     model.load_state_dict(ckpt[model_key])

@@ -77,9 +77,9 @@ def main() -> int:
              f"| real ({real['0']['n']}) | {real['0']['mean']:.3f} ± {real['0']['std']:.3f} | "
              f"{real[str(p // 2)]['mean']:.3f} ± {real[str(p // 2)]['std']:.3f} | |"]
     for mode in MODES:
-        g = results[mode]["generated"]
-        lines.append(f"| {mode} collage | {g['0']['mean']:.3f} ± {g['0']['std']:.3f} | "
-                     f"{g[str(p // 2)]['mean']:.3f} ± {g[str(p // 2)]['std']:.3f} | {results[mode]['final_loss']:.4f} |")
+        g, h = results[mode]["generated"]["0"], results[mode]["generated"][str(p // 2)]
+        lines.append(f"| {mode} collage | {g['mean']:.3f} ± {g['std']:.3f} | {h['mean']:.3f} ± {h['std']:.3f} | "
+                     f"{results[mode]['final_loss']:.4f} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps(results, indent=2))
     print("\n".join(lines))
