@@ -127,3 +127,20 @@ def test_torchrun_generation_equals_one_process(trained, tmp_path):
         a = np.asarray(Image.open(tmp_path / "one" / name), dtype=int)
         b = np.asarray(Image.open(tmp_path / "two" / name), dtype=int)
         assert np.abs(a - b).max() <= 1, name  # the same images (batches differ: 2,2,1 vs 2,1 / 2)
+
+
+@pytest.mark.slow
+def test_paint_with_an_official_checkpoint(tmp_path):
+    from tests.test_checkpoint import lightning_file, synthetic_state
+    full = lightning_file(tmp_path / "official_full.ckpt", synthetic_state("official-state-dict-p64.tsv"))
+    img = _photo(64, 128, 3)
+    src = _write(img, tmp_path / "in.png")
+    hole = np.zeros((64, 128), np.uint8)
+    hole[:, 70:] = 255
+    mask = _write(hole, tmp_path / "mask.png")
+    for code in ("latent", "index:0"):
+        out = tmp_path / f"{code.replace(':', '')}.png"
+        assert run_cli(paint.main, ["inpaint", "-f", str(full), "-i", str(src), "-m", str(mask), "-o", str(out),
+                                    "--code", code, "--steps", "1", "--resample", "1", "--device", "cpu"]) == 0
+        got = np.asarray(Image.open(out))
+        assert np.array_equal(got[:, :70], img[:, :70])
