@@ -30,6 +30,7 @@ from runtime import dist as D
 from runtime.data import StepBatchSampler, make_loader
 from runtime.device import autocast, check_precision, pick_device
 from runtime.ema import EMA
+from runtime.fast import set_checkpointing
 from runtime.errors import CLIError, check_divisible, run_cli
 from runtime.files import JsonlLog, atomic_save, atomic_write_text, save_grid
 from runtime.runs import TRAIN_FORMAT as FORMAT
@@ -82,6 +83,8 @@ def build_parser():
     ap.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
     ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
                     help="autocast precision (default: the preset's fp16 on GPU, fp32 on CPU)")
+    ap.add_argument("--checkpointing", action="store_true",
+                    help="activation checkpointing: recompute each block in backward (less memory, same gradients)")
     ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default CUDA when present)")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers per process")
     ap.add_argument("--log_every", type=int, default=50, help="steps between stats.jsonl rows")
@@ -128,6 +131,7 @@ def resolve_config(args, device_type: str):
             setattr(t, field, getattr(args, flag))
     if args.workers is not None:
         cfg.data.num_workers = args.workers
+    t.checkpointing = t.checkpointing or args.checkpointing
     if args.precision:
         t.precision = args.precision
     elif device_type == "cpu" and t.precision == "fp16":
@@ -272,7 +276,7 @@ def train(cfg, args, d: D.Dist, device):
     resume = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if resume is not None:
         compatible_or_raise(resume, cfg, FORMAT, ckpt_path)
-    net = build_net(cfg, args, data, resume).to(device)
+    net = set_checkpointing(build_net(cfg, args, data, resume).to(device), tc.checkpointing)
     ema = EMA(net, tc.ema_decay)
     opt = torch.optim.Adam(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")

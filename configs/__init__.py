@@ -64,6 +64,7 @@ class TrainingConfig:
     save_every_samples: int = 100_000       # §5.2
     sample_every_samples: int = 500_000     # §5.2
     max_steps: int = 0                      # 0 = unbounded (official: 2e9 // batch)
+    checkpointing: bool = False             # ours: activation checkpointing per block (less memory, same gradients)
     seed: int = 0                           # §5.2
 
 

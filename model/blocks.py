@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def sinusoid(v: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -80,9 +81,16 @@ class ResBlock(nn.Module):
         # Faithful: the skip is a 1x1 conv when the width changes, never a 3x3 conv (spec §1.3).
         self.skip_connection = nn.Identity() if ch_in == ch_out else nn.Conv2d(ch_in, ch_out, 1)
 
+    grad_checkpoint = False  # recompute activations in backward (runtime.fast.set_checkpointing)
+
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None,
                 code: torch.Tensor | None = None) -> torch.Tensor:
         """x (n, ch_in, s, s); emb (n, emb_dim) time+position; code (n, code_dim). Returns (n, ch_out, s', s')."""
+        if self.grad_checkpoint and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, emb, code, use_reentrant=False)
+        return self._forward(x, emb, code)
+
+    def _forward(self, x, emb=None, code=None):
         if self.resample is not None:
             h = self.in_layers[:-1](x)
             h = self.in_layers[-1](self.resample(h))
@@ -112,7 +120,14 @@ class AttentionBlock(nn.Module):
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = zero_(nn.Conv1d(channels, channels, 1))
 
+    grad_checkpoint = False
+
     def forward(self, x: torch.Tensor, emb=None, code=None) -> torch.Tensor:
+        if self.grad_checkpoint and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, *spatial = x.shape
         x = x.reshape(b, c, -1)
         q, k, v = self.qkv(self.norm(x)).chunk(3, dim=1)  # each (b, c, L)

@@ -26,6 +26,15 @@ def compiled_parts(unet) -> list:
     return parts
 
 
+def set_checkpointing(net: nn.Module, on: bool = True) -> nn.Module:
+    """Activation checkpointing for training: every ResBlock and attention block keeps only its inputs and
+    recomputes its activations in backward (same gradients, dropout masks included; less memory, more compute)."""
+    for m in net.modules():
+        if isinstance(m, (ResBlock, AttentionBlock)):
+            m.grad_checkpoint = on
+    return net
+
+
 def speed_up(unet: nn.Module, compile_mode: str = "none", channels_last: bool = False, backend: str = "inductor",
              dynamic: bool | None = False) -> nn.Module:
     """Apply the switches in place and return the network. compile_mode 'none' leaves it eager."""

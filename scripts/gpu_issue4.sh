@@ -29,5 +29,7 @@ if [ "$what" = train ] || [ "$what" = all ]; then
     python3 -m benchmarks.train_speed --batch 96 --precision bf16 --steps 10 --warmup 5 --compile "$c" \
       --out "$OUT/train.jsonl" 2>&1 | log
   done
+  python3 -m benchmarks.train_speed --batch 96 --precision bf16 --steps 10 --warmup 5 --compile default \
+    --checkpointing --out "$OUT/train.jsonl" 2>&1 | log
 fi
 python3 -m benchmarks.precision --preset nature --size 128x256 --precision bf16,fp16 --out "$OUT/precision.jsonl" 2>&1 | log
