@@ -64,6 +64,17 @@ def official_config(loaded):
     return cfg
 
 
+def warn_young_ema(path, step: int, decay: float, limit: float = 0.05) -> None:
+    """Say so on stderr when an EMA still holds more than ``limit`` of the initial weights (decay ** step): with the
+    zero-initialised output convs such weights sample noise (the official constant 0.9999 needs ~30k steps)."""
+    import sys
+    left = decay ** step
+    if left > limit:
+        print(f"warning: {path} is at step {step}; its EMA (decay {decay}) still holds {left:.0%} of the initial "
+              "weights, so samples from it can be noise. Use the raw weights (test.py / paint.py --raw, "
+              "train_latent.py --weights raw) or train longer.", file=sys.stderr)
+
+
 def load_patch_model(path, ema: bool = True):
     """(net, cfg, ckpt) from this project's train.py checkpoint or an official Patch-DM checkpoint.
 
@@ -77,6 +88,8 @@ def load_patch_model(path, ema: bool = True):
     if isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT:
         cfg = config_of(obj)
         sd = obj["ema" if ema else "model"]
+        if ema:
+            warn_young_ema(path, obj["step"], cfg.training.ema_decay)
         n = sd["encoder.semantic_enc.weight"].shape[0] if "encoder.semantic_enc.weight" in sd else None
         net = build_patchdm(cfg.model, n)
         net.load_state_dict(sd)

@@ -51,7 +51,7 @@ def _write(a, path):
     return path
 
 
-def test_inpaint_keeps_the_known_pixels(trained, tmp_path):
+def test_inpaint_keeps_the_known_pixels(trained, tmp_path, capsys):
     img = _photo(20, 29, 7)  # not a multiple of the patch: the margin is generated and cropped off
     src = _write(img, tmp_path / "in.png")
     hole = np.zeros((20, 29), np.uint8)
@@ -62,6 +62,7 @@ def test_inpaint_keeps_the_known_pixels(trained, tmp_path):
                                 "--steps", "4", "--resample", "2", "--fit_steps", "3", "--device", "cpu"]) == 0
     got = np.asarray(Image.open(out))
     assert got.shape == img.shape
+    assert "still holds 100% of the initial weights" in capsys.readouterr().err  # 2 steps of a 0.9999 EMA
     keep = hole < 128
     assert np.array_equal(got[keep], img[keep])
     assert not np.array_equal(got[~keep], img[~keep])
