@@ -29,7 +29,7 @@ from dataset import to_rgb, to_unit_tensor
 from diffusion import ddim_sample_canvas, ddim_sample_latent, space_timesteps
 from diffusion.inpaint import fit_code
 from model import load_official_checkpoint, read_checkpoint
-from runtime.device import autocast, check_precision, pick_device
+from runtime.device import autocast, check_precision, pick_device, sampling_precision
 from runtime.errors import CLIError, parse_bands, parse_hw, run_cli
 from runtime.files import save_png
 from runtime.runs import FULL_FORMAT, load_patch_model, models_from_full
@@ -77,27 +77,25 @@ def load_models(path, raw: bool):
     return net, cfg, latent, None, None
 
 
-def read_image(path) -> torch.Tensor:
-    """(1, 3, H, W) in [-1, 1] from any image file; one-line errors for missing or unreadable files."""
+def _pixels(path, convert, what: str) -> np.ndarray:
+    """convert(PIL image) as a uint8 array; one-line errors for missing or unreadable files."""
     try:
         with Image.open(path) as img:
-            a = np.asarray(to_rgb(img), dtype=np.uint8)
+            return np.asarray(convert(img), dtype=np.uint8)
     except FileNotFoundError:
         raise CLIError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError) as e:
-        raise CLIError(f"{path}: not a readable image ({e})") from None
-    return to_unit_tensor(a)[None]
+        raise CLIError(f"{path}: not a readable {what} ({e})") from None
+
+
+def read_image(path) -> torch.Tensor:
+    """(1, 3, H, W) in [-1, 1] from any image file."""
+    return to_unit_tensor(_pixels(path, to_rgb, "image"))[None]
 
 
 def read_mask(path, hw: tuple) -> torch.Tensor:
     """(1, 1, H, W) float, 1 = keep, from a mask image (white = generate)."""
-    try:
-        with Image.open(path) as img:
-            m = np.asarray(img.convert("L"))
-    except FileNotFoundError:
-        raise CLIError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise CLIError(f"{path}: not a readable mask image ({e})") from None
+    m = _pixels(path, lambda img: img.convert("L"), "mask image")
     if m.shape != tuple(hw):
         raise CLIError(f"mask {path} is {m.shape[0]}x{m.shape[1]} but the image is {hw[0]}x{hw[1]} (HxW)")
     return torch.from_numpy((m < 128).astype(np.float32))[None, None]
@@ -218,8 +216,7 @@ def main(argv=None) -> int:
         space_timesteps(cfg.diffusion.num_timesteps, steps)
     except ValueError as e:
         raise CLIError(f"{e} (try 10, 20, 25, 50, 100, ...)") from None
-    precision = check_precision(args.precision or ("bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported()
-                                                   else "fp16" if device.type == "cuda" else "fp32"), device)
+    precision = check_precision(args.precision or sampling_precision(device), device)
     w = cfg.sampling.cfg_scale if args.cfg_scale is None else args.cfg_scale
     band_rows, band_cols = parse_bands(args.bands, 2 if w else 1, x.shape[-2:], p)
     net, x, m = net.to(device), x.to(device), m.to(device)

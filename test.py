@@ -23,7 +23,7 @@ from tqdm import tqdm
 from configs import from_dict
 from diffusion import ddim_sample_canvas, ddim_sample_latent, space_timesteps
 from model import load_official_checkpoint, read_checkpoint
-from runtime.device import autocast, check_precision, pick_device
+from runtime.device import autocast, check_precision, device_type, pick_device, sampling_precision
 from runtime.errors import CLIError, check_divisible, parse_bands, parse_hw, run_cli
 from runtime.fast import COMPILE_MODES, speed_up
 from runtime.files import save_png
@@ -83,14 +83,6 @@ def load_full(path, raw: bool):
     return loaded.unet, loaded.latent_net, official_config(loaded), None, None
 
 
-def default_precision(device) -> str:
-    """Deviation: bf16 on GPUs that have it (fp16 elsewhere, fp32 on the CPU). The official test.py sampled in fp16,
-    whose 65504 ceiling can overflow to inf/NaN images; bf16 has the fp32 range."""
-    if device.type != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
 def per_image_noise(seed: int, k: int, code_dim: int, hw: tuple):
     """z_T (code_dim,) and x_T (3, H, W) of image k, from its own generator (independent of the batch)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + k)
@@ -99,8 +91,7 @@ def per_image_noise(seed: int, k: int, code_dim: int, hw: tuple):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    d = D.init_dist("cuda" if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-                    else "cpu")
+    d = D.init_dist(device_type(args.device))
     try:
         generate(args, d)
     finally:
@@ -118,7 +109,7 @@ def generate(args, d: D.Dist) -> None:
     check_divisible(hw, p)
     if args.img_num < 1 or args.batch_size < 1:
         raise CLIError("--img_num and --batch_size must be at least 1")
-    precision = check_precision(args.precision or default_precision(device), device)
+    precision = check_precision(args.precision or sampling_precision(device), device)
     steps = args.steps or cfg.sampling.steps
     latent_steps = args.latent_steps or cfg.sampling.latent_steps
     w = cfg.sampling.cfg_scale if args.cfg_scale is None else args.cfg_scale

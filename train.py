@@ -28,7 +28,7 @@ from diffusion.patch import check_collage, window_crop, window_loss_terms
 from model import build_patchdm, count_params, read_checkpoint
 from runtime import dist as D
 from runtime.data import StepBatchSampler, make_loader
-from runtime.device import autocast, check_precision, pick_device
+from runtime.device import autocast, check_precision, device_type, pick_device
 from runtime.ema import EMA
 from runtime.fast import set_checkpointing
 from runtime.errors import CLIError, check_divisible, run_cli
@@ -345,8 +345,7 @@ def train(cfg, args, d: D.Dist, device):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     device_name = args.device
-    d = D.init_dist("cuda" if (device_name or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-                    else "cpu")
+    d = D.init_dist(device_type(device_name))
     try:
         device = pick_device(device_name, d.local_rank)
         cfg = resolve_config(args, device.type)

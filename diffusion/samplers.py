@@ -59,13 +59,12 @@ def ddim_sample_canvas(unet, x_T: torch.Tensor, code: torch.Tensor, steps: int =
     """
     sched = (schedule or default_schedule()).respace(steps)
     check_collage(collage)
-    streamed = collage == "feature" and (band_rows is not None or band_cols is not None)
-    if streamed:
+    banded = band_rows is not None or band_cols is not None
+    if banded and collage == "feature":  # streamed: x is updated in place band by band
         step = _streamed_step(unet, code, sched, patch_size, cfg_scale, clip_x0,
                               band_rows or x_T.shape[-2] // patch_size, band_cols, wrap)
         x = x_T.clone()
     else:
-        banded = band_rows is not None or band_cols is not None
         max_patches = None if not banded else x_T.shape[0] * (band_rows or x_T.shape[-2] // patch_size + 1) * (
             band_cols or x_T.shape[-1] // patch_size + 1)  # the ablations' patches are independent: plain chunks
         step = _whole_step(unet, code, sched, patch_size, cfg_scale, clip_x0, wrap, collage, seed, max_patches)
@@ -137,16 +136,18 @@ class KnownRegion:
     def _noise(self, like):
         return torch.randn(like.shape, generator=self.g, device=like.device, dtype=like.dtype)
 
+    def _keep(self, x, known):
+        return x * (1 - self.mask) + known.to(x.dtype) * self.mask
+
     def impose(self, x, i: int):
-        xt = self.sched.q_sample(self.x, i, self._noise(self.x)).to(x.dtype)
-        return x * (1 - self.mask) + xt * self.mask
+        return self._keep(x, self.sched.q_sample(self.x, i, self._noise(self.x)))
 
     def renoise(self, x, i: int):
         beta = Schedule.at(self.sched.betas, i, x)
         return torch.sqrt(1 - beta) * x + torch.sqrt(beta) * self._noise(x)
 
     def finish(self, x):
-        return x * (1 - self.mask) + self.x.to(x.dtype) * self.mask
+        return self._keep(x, self.x)
 
 
 @torch.no_grad()

@@ -58,7 +58,20 @@ class Resample(nn.Module):
         return F.avg_pool2d(x, kernel_size=2, stride=2)
 
 
-class ResBlock(nn.Module):
+class Checkpointable(nn.Module):
+    """A block whose forward(x, emb, code) can recompute its activations in backward instead of keeping them
+    (``grad_checkpoint``, set by runtime.fast.set_checkpointing); subclasses implement ``_forward``."""
+
+    grad_checkpoint = False
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None,
+                code: torch.Tensor | None = None) -> torch.Tensor:
+        if self.grad_checkpoint and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, emb, code, use_reentrant=False)
+        return self._forward(x, emb, code)
+
+
+class ResBlock(Checkpointable):
     """Two-condition ResBlock (spec §1.3), or the unconditioned variant of the image encoder (spec §3.3).
 
     Conditioned: out = skip(x) + conv(drop(SiLU((GN(h) * (1 + s_t) + b_t) * (1 + c)))), where
@@ -81,16 +94,8 @@ class ResBlock(nn.Module):
         # Faithful: the skip is a 1x1 conv when the width changes, never a 3x3 conv (spec §1.3).
         self.skip_connection = nn.Identity() if ch_in == ch_out else nn.Conv2d(ch_in, ch_out, 1)
 
-    grad_checkpoint = False  # recompute activations in backward (runtime.fast.set_checkpointing)
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None,
-                code: torch.Tensor | None = None) -> torch.Tensor:
-        """x (n, ch_in, s, s); emb (n, emb_dim) time+position; code (n, code_dim). Returns (n, ch_out, s', s')."""
-        if self.grad_checkpoint and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, emb, code, use_reentrant=False)
-        return self._forward(x, emb, code)
-
     def _forward(self, x, emb=None, code=None):
+        """x (n, ch_in, s, s); emb (n, emb_dim) time+position; code (n, code_dim). Returns (n, ch_out, s', s')."""
         if self.resample is not None:
             h = self.in_layers[:-1](x)
             h = self.in_layers[-1](self.resample(h))
@@ -107,7 +112,7 @@ class ResBlock(nn.Module):
         return self.skip_connection(x) + h
 
 
-class AttentionBlock(nn.Module):
+class AttentionBlock(Checkpointable):
     """Single-head self-attention over the tokens of one patch (spec §1.3).
 
     Faithful: legacy QKV layout (q, k, v stacked along channels), q and k scaled by C^-1/4 each; computed with
@@ -120,14 +125,7 @@ class AttentionBlock(nn.Module):
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = zero_(nn.Conv1d(channels, channels, 1))
 
-    grad_checkpoint = False
-
-    def forward(self, x: torch.Tensor, emb=None, code=None) -> torch.Tensor:
-        if self.grad_checkpoint and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, emb=None, code=None) -> torch.Tensor:
         b, c, *spatial = x.shape
         x = x.reshape(b, c, -1)
         q, k, v = self.qkv(self.norm(x)).chunk(3, dim=1)  # each (b, c, L)

@@ -26,6 +26,19 @@ def pick_device(name: str | None, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def device_type(name: str | None) -> str:
+    """'cuda' or 'cpu' for a --device value (None: CUDA when present), before the device itself is picked."""
+    return "cuda" if (name or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda") else "cpu"
+
+
+def sampling_precision(device: torch.device) -> str:
+    """Deviation: sampling defaults to bf16 on GPUs that have it (fp16 elsewhere, fp32 on the CPU). The official
+    test.py sampled in fp16, whose 65504 ceiling can overflow to inf/NaN images; bf16 has the fp32 range."""
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
 def check_precision(precision: str, device: torch.device) -> str:
     if precision not in DTYPES:
         raise CLIError(f"unknown precision {precision!r}; choose fp32, fp16 or bf16")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model.blocks import AttentionBlock, ResBlock
+from model.blocks import AttentionBlock, Checkpointable, ResBlock
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -30,7 +30,7 @@ def set_checkpointing(net: nn.Module, on: bool = True) -> nn.Module:
     """Activation checkpointing for training: every ResBlock and attention block keeps only its inputs and
     recomputes its activations in backward (same gradients, dropout masks included; less memory, more compute)."""
     for m in net.modules():
-        if isinstance(m, (ResBlock, AttentionBlock)):
+        if isinstance(m, Checkpointable):
             m.grad_checkpoint = on
     return net
 
