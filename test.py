@@ -25,7 +25,7 @@ from diffusion import ddim_sample_canvas, ddim_sample_latent, space_timesteps
 from model import load_official_checkpoint, read_checkpoint
 from runtime.device import autocast, check_precision, device_type, pick_device, sampling_precision
 from runtime.errors import CLIError, check_divisible, parse_bands, parse_hw, run_cli
-from runtime.fast import COMPILE_MODES, speed_up
+from runtime.fast import COMPILE_MODES, cast_weights, speed_up
 from runtime.files import save_png
 from runtime import dist as D
 from runtime.runs import FULL_FORMAT, TRAIN_FORMAT, load_patch_model, models_from_full
@@ -119,7 +119,7 @@ def generate(args, d: D.Dist) -> None:
         except ValueError as e:
             raise CLIError(f"{e} (try 10, 20, 25, 50, 100, ...)") from None
     band_rows, band_cols = parse_bands(args.bands, args.batch_size * (2 if w else 1), hw, p)
-    unet = speed_up(unet.to(device), args.compile)
+    unet = speed_up(cast_weights(unet.to(device), precision), args.compile)  # cast: same function, less memory
     latent = latent.to(device) if latent is not None else None
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ def generate(args, d: D.Dist) -> None:
         with autocast(device, precision):
             img = ddim_sample_canvas(unet, torch.stack(x_T).to(device), code, steps=steps, patch_size=p, cfg_scale=w,
                                      band_rows=band_rows, band_cols=band_cols, wrap=args.wrap,
-                                     collage=cfg.model.collage, seed=args.seed)
+                                     collage=cfg.model.collage, seed=args.seed, in_place=True)
         for k, x in zip(ks, img):
             save_png(x, out / f"{k}.png")
         bar.update(len(ks))

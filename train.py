@@ -85,6 +85,9 @@ def build_parser():
                     help="autocast precision (default: the preset's fp16 on GPU, fp32 on CPU)")
     ap.add_argument("--checkpointing", action="store_true",
                     help="activation checkpointing: recompute each block in backward (less memory, same gradients)")
+    ap.add_argument("--checkpoint_levels", type=int, default=None,
+                    help="with --checkpointing: only the N highest-resolution U-Net levels (0 = all; 2 is ~half the "
+                         "recomputation for most of the memory saving, docs/BENCHMARKS.md)")
     ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default CUDA when present)")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers per process")
     ap.add_argument("--log_every", type=int, default=50, help="steps between stats.jsonl rows")
@@ -132,6 +135,8 @@ def resolve_config(args, device_type: str):
     if args.workers is not None:
         cfg.data.num_workers = args.workers
     t.checkpointing = t.checkpointing or args.checkpointing
+    if args.checkpoint_levels is not None:
+        t.checkpoint_levels = args.checkpoint_levels
     if args.precision:
         t.precision = args.precision
     elif device_type == "cpu" and t.precision == "fp16":
@@ -276,7 +281,7 @@ def train(cfg, args, d: D.Dist, device):
     resume = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if resume is not None:
         compatible_or_raise(resume, cfg, FORMAT, ckpt_path)
-    net = set_checkpointing(build_net(cfg, args, data, resume).to(device), tc.checkpointing)
+    net = set_checkpointing(build_net(cfg, args, data, resume).to(device), tc.checkpointing, tc.checkpoint_levels)
     ema = EMA(net, tc.ema_decay)
     opt = torch.optim.Adam(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")

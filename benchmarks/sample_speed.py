@@ -20,17 +20,16 @@ from diffusion import ddim_sample_canvas
 from model import build_unet
 from runtime.device import autocast, pick_device
 from runtime.errors import parse_bands, parse_hw
-from runtime.fast import speed_up
+from runtime.fast import cast_weights, speed_up
 
 
 def measure(unet, device, hw, batch, precision, steps, bands, cfg_scale, p, code_dim):
-    x_T = torch.randn(batch, 3, *hw, device=device)
     code = torch.randn(batch, code_dim, device=device)
     br, bc = parse_bands(bands, batch * (2 if cfg_scale else 1), hw, p)
-    kw = dict(patch_size=p, cfg_scale=cfg_scale, band_rows=br, band_cols=bc)
+    kw = dict(patch_size=p, cfg_scale=cfg_scale, band_rows=br, band_cols=bc, in_place=True)  # as test.py runs it
     with autocast(device, precision):
-        ddim_sample_canvas(unet, x_T, code, steps=2, **kw)
-        row = {}
+        ddim_sample_canvas(unet, torch.randn(batch, 3, *hw, device=device), code, steps=2, **kw)
+        x_T, row = torch.randn(batch, 3, *hw, device=device), {}
         with timed(device, row):
             ddim_sample_canvas(unet, x_T, code, steps=steps, **kw)
     return dict(row, size=f"{hw[0]}x{hw[1]}", batch=batch, precision=precision, steps=steps, cfg=cfg_scale,
@@ -58,12 +57,14 @@ def main(argv=None) -> int:
         args.device = args.device or "cpu"
     device = pick_device(args.device)
     cfg = get_preset(args.preset)
-    unet = speed_up(build_unet(cfg.model).to(device).eval(), args.compile, args.channels_last)
     env = environment(device)
     rows = []
-    for size in args.sizes.split(","):
-        for batch in (int(b) for b in args.batches.split(",")):
-            for precision in args.precision.split(","):
+    for precision in args.precision.split(","):
+        # the weights as test.py keeps them for this precision (runtime.fast.cast_weights: the same function)
+        unet = speed_up(cast_weights(build_unet(cfg.model).to(device).eval(), precision), args.compile,
+                        args.channels_last)
+        for size in args.sizes.split(","):
+            for batch in (int(b) for b in args.batches.split(",")):
                 r = measure(unet, device, parse_hw(size), batch, precision, args.steps, args.bands,
                             args.cfg_scale, cfg.model.patch_size, cfg.model.code_dim)
                 rows.append({**env, "preset": args.preset, "compile": args.compile,

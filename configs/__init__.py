@@ -65,6 +65,7 @@ class TrainingConfig:
     sample_every_samples: int = 500_000     # §5.2
     max_steps: int = 0                      # 0 = unbounded (official: 2e9 // batch)
     checkpointing: bool = False             # ours: activation checkpointing per block (less memory, same gradients)
+    checkpoint_levels: int = 0              # ours: checkpoint only the k highest-resolution U-Net levels (0 = all)
     seed: int = 0                           # §5.2
 
 

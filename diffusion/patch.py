@@ -111,25 +111,27 @@ def canvas_eps_bands(unet, x_t, t, code, p: int, band_rows: int, pos_keep=None, 
     check_canvas(h, w, p)
     rows, cols = h // p + 1, w // p + 1
     head = x_t[..., :p // 2, :].clone() if wrap_axes(wrap)[0] else None
-    carry = None  # encoder features (h, skips) of the last padded row encoded so far
+    carry = None  # encoder features [h, *skips] of the last padded row encoded so far (one row of patches)
     for r0 in range(0, rows - 1, band_rows):
         r1 = min(r0 + band_rows, rows - 1)  # decoder rows r0..r1-1 need padded rows r0..r1
         first = r0 if carry is None else r0 + 1
-        new = split(padded_rows(x_t, first, r1 + 1, p, wrap, head), p)
-        hid, skips, _, _ = encode_grid(unet, new, (r1 + 1 - first, cols), (first, 0), t, code, pos_keep)
-        feats = [hid, *skips]
-        if carry is not None:
-            feats = [_cat_rows(c, f, b) for c, f in zip(carry, feats)]
-        carry = [_last_row(f, b, cols) for f in feats]
+        hid, skips, _, _ = encode_grid(unet, split(padded_rows(x_t, first, r1 + 1, p, wrap, head), p),
+                                       (r1 + 1 - first, cols), (first, 0), t, code, pos_keep)
+        new, hid, skips = [hid, *skips], None, None
         n_rows, step = r1 + 1 - r0, band_cols or cols - 1
         parts = []
         for c0 in range(0, cols - 1, step):
             c1 = min(c0 + step, cols - 1)  # tile columns c0..c1-1 need padded columns c0..c1
-            sub = feats if step >= cols - 1 else [_columns(f, b, n_rows, cols, c0, c1 + 1) for f in feats]
-            grid = (n_rows, c1 + 1 - c0)
-            eps = decode_collaged(unet, sub[0], sub[1:], grid, (r0, c0), t, code, pos_keep)
+            sub = _band_features(carry, new, b, cols, c0, c1 + 1)
+            eps = decode_collaged(unet, sub[0], sub[1:], (n_rows, c1 + 1 - c0), (r0, c0), t, code, pos_keep)
+            sub = None
             parts.append(stitch(eps, (n_rows - 1, c1 - c0)))
-        yield slice(r0 * p, r1 * p), torch.cat(parts, dim=3)
+        # Only the last padded row is kept for the next band (a copy when the band encoded several rows), so that
+        # the features of this band are released before the next one is encoded.
+        carry = new if r1 + 1 - first == 1 else [_last_row(f, b, cols).clone() for f in new]
+        new = None
+        eps, parts = torch.cat(parts, dim=3), None
+        yield slice(r0 * p, r1 * p), eps
 
 
 def padded_rows(x: torch.Tensor, a: int, b_: int, p: int, wrap: str = "", head: torch.Tensor | None = None):
@@ -152,18 +154,18 @@ def padded_rows(x: torch.Tensor, a: int, b_: int, p: int, wrap: str = "", head: 
     return F.pad(part, (s, s, top, bottom))
 
 
-def _cat_rows(a: torch.Tensor, b_: torch.Tensor, batch: int) -> torch.Tensor:
-    """Join two row-blocks of patch features (image, row, col order) along the row axis."""
-    a = a.reshape(batch, -1, *a.shape[1:])
-    b_ = b_.reshape(batch, -1, *b_.shape[1:])
-    out = torch.cat([a, b_], dim=1)
-    return out.reshape(-1, *out.shape[2:])
-
-
-def _columns(f: torch.Tensor, batch: int, rows: int, cols: int, c0: int, c1: int) -> torch.Tensor:
-    """Columns c0..c1-1 of a (batch*rows*cols, ...) block of patch features, in (image, row, col) order."""
-    f = f.reshape(batch, rows, cols, *f.shape[1:])[:, :, c0:c1]
-    return f.reshape(-1, *f.shape[3:])
+def _band_features(carry, new, batch: int, cols: int, c0: int, c1: int) -> list:
+    """Padded columns c0..c1-1 of a band's encoder features: the carried row above (or none) and the new rows, as
+    one (batch*rows*(c1-c0), ...) block in (image, row, col) order. No copy when nothing is joined or cut."""
+    out = []
+    for i, f in enumerate(new):
+        f = f.reshape(batch, -1, cols, *f.shape[1:])
+        if carry is not None:
+            f = torch.cat([carry[i].reshape(batch, 1, cols, *f.shape[3:])[:, :, c0:c1], f[:, :, c0:c1]], dim=1)
+        elif (c0, c1) != (0, cols):
+            f = f[:, :, c0:c1]
+        out.append(f.reshape(-1, *f.shape[3:]))
+    return out
 
 
 def _last_row(f: torch.Tensor, batch: int, cols: int) -> torch.Tensor:
@@ -172,16 +174,18 @@ def _last_row(f: torch.Tensor, batch: int, cols: int) -> torch.Tensor:
     return f.reshape(-1, *f.shape[2:])
 
 
-def auto_band(batch: int, rows: int, cols: int, max_tiles: int = 128) -> tuple:
-    """(band_rows, band_cols) decoding at most about ``max_tiles`` tiles at a time (None: no split on that axis).
+def auto_band(batch: int, rows: int, cols: int, all_at_once: int = 512, band_tiles: int = 64) -> tuple:
+    """The automatic --bands: (band_rows, band_cols), None meaning no split on that axis.
 
-    rows, cols count the tiles of the canvas (H/p, W/p).
+    Up to ``all_at_once`` tiles (512 = 512x1024 at batch 4, patch 64) everything is decoded at once, the fastest;
+    beyond, bands of at most ``band_tiles`` tiles, which bounds the decoder's memory (the estimate at 4096x8192 is
+    ~2.3 GiB in bf16, benchmarks/memory_estimate.py). rows, cols count the tiles of the canvas (H/p, W/p).
     """
-    if batch * rows * cols <= max_tiles:
+    if batch * rows * cols <= all_at_once:
         return None, None
-    if batch * cols <= max_tiles:
-        return max(1, max_tiles // (batch * cols)), None
-    return 1, max(1, max_tiles // batch)
+    if batch * cols <= band_tiles:
+        return max(1, band_tiles // (batch * cols)), None
+    return 1, max(1, band_tiles // batch)
 
 
 def guided_canvas_eps(unet, x_t, t, code, patch_size, cfg_scale: float = 0.0, band_rows: int | None = None,

@@ -41,12 +41,13 @@ def ddim_sample_canvas(unet, x_T: torch.Tensor, code: torch.Tensor, steps: int =
                        cfg_scale: float = 0.0, schedule: Schedule | None = None, clip_x0: bool = True,
                        progress: bool = False, band_rows: int | None = None, band_cols: int | None = None,
                        wrap: str = "", collage: str = "feature", known=None, resample: int = 1,
-                       seed: int = 0) -> torch.Tensor:
+                       seed: int = 0, in_place: bool = False) -> torch.Tensor:
     """DDIM (eta 0, x0 clipped) over whole canvases with the stitched patch eps (spec §7).
 
     x_T (B, 3, H, W) with H, W multiples of patch_size; code (B, D); cfg_scale w as in guided_canvas_eps;
     band_rows / band_cols as in canvas_eps (None, None: all patches at once; otherwise the canvas is updated band
-    by band in place, the same result). Returns x0 (B, 3, H, W) in [-1, 1].
+    by band in place, the same result). Returns x0 (B, 3, H, W) in [-1, 1]. in_place=True lets the banded sampler
+    overwrite x_T instead of a copy (one canvas less memory; the caller gives x_T up).
 
     Beyond the official sampler:
       wrap      'x', 'y' or 'xy': circular padding, seamless across that edge (panoramas, tiles).
@@ -63,7 +64,7 @@ def ddim_sample_canvas(unet, x_T: torch.Tensor, code: torch.Tensor, steps: int =
     if banded and collage == "feature":  # streamed: x is updated in place band by band
         step = _streamed_step(unet, code, sched, patch_size, cfg_scale, clip_x0,
                               band_rows or x_T.shape[-2] // patch_size, band_cols, wrap)
-        x = x_T.clone()
+        x = x_T if in_place else x_T.clone()
     else:
         max_patches = None if not banded else x_T.shape[0] * (band_rows or x_T.shape[-2] // patch_size + 1) * (
             band_cols or x_T.shape[-1] // patch_size + 1)  # the ablations' patches are independent: plain chunks

@@ -60,9 +60,11 @@ class Resample(nn.Module):
 
 class Checkpointable(nn.Module):
     """A block whose forward(x, emb, code) can recompute its activations in backward instead of keeping them
-    (``grad_checkpoint``, set by runtime.fast.set_checkpointing); subclasses implement ``_forward``."""
+    (``grad_checkpoint``, set by runtime.fast.set_checkpointing); subclasses implement ``_forward``. ``level`` is
+    the resolution level of the U-Net the block works at (0 = the patch's full resolution; set by the builders)."""
 
     grad_checkpoint = False
+    level = 0
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None,
                 code: torch.Tensor | None = None) -> torch.Tensor:
@@ -164,9 +166,17 @@ def encoder_half(model_channels: int, channel_mult, num_res_blocks: int, attenti
             ch = mult * model_channels
             if level in attention_levels:
                 layers.append(AttentionBlock(ch))
-            blocks.append(CondSequential(*layers))
+            blocks.append(at_level(CondSequential(*layers), level))
             skip_chans.append(ch)
         if level != len(channel_mult) - 1:
-            blocks.append(CondSequential(rb(ch, ch, "down")))
+            blocks.append(at_level(CondSequential(rb(ch, ch, "down")), level))
             skip_chans.append(ch)
     return blocks, skip_chans, ch
+
+
+def at_level(module: nn.Module, level: int) -> nn.Module:
+    """Mark the blocks inside ``module`` as working at resolution ``level`` (a resampling block: its input's)."""
+    for m in module.modules():
+        if isinstance(m, Checkpointable):
+            m.level = level
+    return module

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import AttentionBlock, CondSequential, ResBlock, encoder_half, norm, sinusoid, zero_
+from .blocks import AttentionBlock, CondSequential, ResBlock, at_level, encoder_half, norm, sinusoid, zero_
 
 
 class TimePosEmbed(nn.Module):
@@ -68,7 +68,7 @@ class PatchUNet(nn.Module):
         # Faithful: conv_in width is model_channels (channel_mult[0] is 1 in every official table).
         self.input_blocks, skip_chans, ch = encoder_half(model_channels, channel_mult, num_res_blocks,
                                                          attention_levels, rb, in_channels)
-        self.middle_block = CondSequential(rb(ch, ch), AttentionBlock(ch), rb(ch, ch))
+        self.middle_block = at_level(CondSequential(rb(ch, ch), AttentionBlock(ch), rb(ch, ch)), self.num_levels - 1)
 
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
@@ -79,7 +79,7 @@ class PatchUNet(nn.Module):
                     layers.append(AttentionBlock(ch))
                 if level and i == num_res_blocks:
                     layers.append(rb(ch, ch, "up"))
-                self.output_blocks.append(CondSequential(*layers))
+                self.output_blocks.append(at_level(CondSequential(*layers), level))
         assert not skip_chans
         self.out = nn.Sequential(norm(ch), nn.SiLU(), zero_(nn.Conv2d(ch, out_channels, 3, padding=1)))
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 4 measurements in one device call (<= 10 min): sampling speed/memory with the speed switches, the
-# column-chunked 4096x8192 bands, training throughput/peak. Rows go to $OUT/*.jsonl; the log to $OUT/log.txt.
+# 4096x8192 bands (compare with benchmarks/memory_estimate.py), training throughput/peak. Rows go to $OUT/*.jsonl; the log to $OUT/log.txt.
 # Usage on the GPU machine: OUT=... bash scripts/gpu_issue4.sh [sample|bands|train|all]
 set -uo pipefail
 what=${1:-all}
@@ -19,7 +19,7 @@ if [ "$what" = sample ] || [ "$what" = all ]; then
     --cfg_scale 0.5 --out "$OUT/sample.jsonl" 2>&1 | log
 fi
 if [ "$what" = bands ] || [ "$what" = all ]; then
-  for b in 1x64 1x32 1x16; do
+  for b in auto 1 1x32 1x16; do
     python3 -m benchmarks.sample_speed --sizes 4096x8192 --batches 1 --precision bf16 --bands "$b" --steps 2 \
       --out "$OUT/bands.jsonl" 2>&1 | log
   done
@@ -29,7 +29,9 @@ if [ "$what" = train ] || [ "$what" = all ]; then
     python3 -m benchmarks.train_speed --batch 96 --precision bf16 --steps 10 --warmup 5 --compile "$c" \
       --out "$OUT/train.jsonl" 2>&1 | log
   done
-  python3 -m benchmarks.train_speed --batch 96 --precision bf16 --steps 10 --warmup 5 --compile default \
-    --checkpointing --out "$OUT/train.jsonl" 2>&1 | log
+  for lv in 0 2; do
+    python3 -m benchmarks.train_speed --batch 96 --precision bf16 --steps 10 --warmup 5 --compile default \
+      --checkpointing --checkpoint_levels "$lv" --out "$OUT/train.jsonl" 2>&1 | log
+  done
 fi
 python3 -m benchmarks.precision --preset nature --size 128x256 --precision bf16,fp16 --out "$OUT/precision.jsonl" 2>&1 | log

@@ -2,10 +2,11 @@
 
 import pytest
 
-from benchmarks import data_loader, precision, sample_speed, train_speed
+from benchmarks import data_loader, memory_estimate, precision, sample_speed, train_speed
 
 
-@pytest.mark.parametrize("script", [sample_speed, train_speed, data_loader, precision])
+@pytest.mark.parametrize("script", [sample_speed, train_speed, data_loader, precision,
+                                    memory_estimate])
 def test_smoke(script, tmp_path, capsys):
     out = tmp_path / "rows.jsonl"
     assert script.main(["--smoke", "--out", str(out)]) == 0

@@ -267,11 +267,13 @@ def test_column_chunked_bands_equal_all_at_once(tiny_unet, rows, cols):
 
 def test_auto_band():
     from diffusion import auto_band
-    assert auto_band(1, 8, 16) == (None, None)        # 128 tiles: all at once
-    assert auto_band(4, 8, 16) == (2, None)           # 512 tiles: bands of 2 full rows
-    assert auto_band(1, 64, 128) == (1, None)         # 4096x8192: one full row of 128 tiles
-    assert auto_band(1, 64, 256) == (1, 128)          # 4096x16384: one row, 128 columns at a time
-    assert auto_band(2, 64, 128) == (1, 64)
+    assert auto_band(1, 8, 16) == (None, None)        # 512x1024 (patch 64): all at once
+    assert auto_band(4, 8, 16) == (None, None)        # at batch 4 too (512 tiles)
+    assert auto_band(8, 8, 16) == (1, 8)              # batch 8: one row, 8 columns of each image per band
+    assert auto_band(1, 16, 32) == (None, None)       # 1024x2048: 512 tiles, all at once
+    assert auto_band(1, 32, 32) == (2, None)          # 2048x2048: bands of two full rows (64 tiles)
+    assert auto_band(1, 64, 128) == (1, 64)           # 4096x8192: one row, 64 columns at a time
+    assert auto_band(2, 64, 128) == (1, 32)
 
 
 @pytest.mark.parametrize("dtype,budget", [(torch.float16, 1e-2), (torch.bfloat16, 3e-2)])

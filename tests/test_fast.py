@@ -37,13 +37,18 @@ def test_channels_last_and_compiled_blocks_equal_eager(tiny_unet):
         speed_up(tiny_unet, "fastest")
 
 
-def test_activation_checkpointing_gives_the_same_gradients(tiny_cfg):
+@pytest.mark.parametrize("levels", [0, 1])
+def test_activation_checkpointing_gives_the_same_gradients(tiny_cfg, levels):
     from model import build_unet
+    from model.blocks import Checkpointable
     from runtime.fast import set_checkpointing
     tiny_cfg.model.dropout = 0.3  # the recomputed forward must redraw the same dropout masks
     torch.manual_seed(0)
     net = build_unet(tiny_cfg.model).train()
-    ckpt = set_checkpointing(copy.deepcopy(net))
+    ckpt = set_checkpointing(copy.deepcopy(net), levels=levels)
+    blocks = [m for m in ckpt.modules() if isinstance(m, Checkpointable)]
+    on = [m for m in blocks if m.grad_checkpoint]
+    assert on == (blocks if levels == 0 else [m for m in blocks if m.level == 0]) and 0 < len(on)
     x0, t, code = torch.rand(3, 3, 16, 24) * 2 - 1, torch.tensor([5, 400, 999]), torch.randn(3, 512)
     noise = torch.randn(3, 3, 24, 32)
     grads = []
@@ -56,3 +61,18 @@ def test_activation_checkpointing_gives_the_same_gradients(tiny_cfg):
     assert any(g.abs().sum() > 0 for g in grads[1])
     with torch.no_grad():  # inference is unaffected
         assert torch.equal(canvas_eps(net.eval(), x0, t, code, P), canvas_eps(ckpt.eval(), x0, t, code, P))
+
+
+def test_blocks_know_their_resolution_level(tiny_cfg):
+    """Encoder: num_res_blocks + a down block per level (none at the last); decoder: num_res_blocks + 1 per level
+    plus an up block below the first; the middle at the deepest level."""
+    from model import build_unet
+    from model.blocks import ResBlock
+    net = build_unet(tiny_cfg.model)
+    m = tiny_cfg.model
+    levels = len(m.channel_mult)
+    count = [sum(isinstance(b, ResBlock) and b.level == lv for b in net.modules()) for lv in range(levels)]
+    expected = [2 * m.num_res_blocks + 2 + (lv > 0) for lv in range(levels)]
+    expected[-1] += 2 - 1  # the middle's two ResBlocks; no down block at the last level
+    assert count == expected
+    assert all(b.level == levels - 1 for b in net.middle_block)

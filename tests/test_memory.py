@@ -1,0 +1,103 @@
+"""Memory: the allocation estimator is exact on the CPU, banded sampling holds one canvas plus one band whatever the
+canvas height, and the memory-saving switches compute the same function."""
+
+import copy
+
+import pytest
+import torch
+
+from benchmarks.memory_estimate import BLOCK, LiveBytes, fake_mode, sampling_peak, training_peak
+from configs import get_preset
+from diffusion import canvas_eps, ddim_sample_canvas
+from model import build_unet
+from runtime.fast import cast_weights
+
+P = 8
+
+
+def test_live_bytes_counts_storages_from_allocation_to_release():
+    with fake_mode():
+        live = LiveBytes()
+        with live:
+            a = torch.empty(1000, device="cuda")  # 4000 bytes -> 8 blocks
+            b = torch.empty(10, device="cuda")  # 40 bytes -> 1 block
+            view = a[10:20]  # no new storage
+            assert live.current == live.peak == 9 * BLOCK
+            del a, view
+            assert live.current == BLOCK and live.peak == 9 * BLOCK
+            c = b + 1
+            assert live.current == 2 * BLOCK and live.peak == 9 * BLOCK
+        del b, c
+
+
+def test_fake_estimate_equals_the_live_bytes_of_the_real_computation(tiny_cfg):
+    """The same network on real CPU tensors and on fake CUDA tensors allocates the same storages for the same time."""
+
+    def peak(device_type):
+        torch.manual_seed(0)
+        with torch.device("cuda" if device_type == "cuda" else "cpu"):
+            u = build_unet(tiny_cfg.model).eval()
+            x, code, t = torch.randn(2, 3, 16, 24), torch.randn(2, 512), torch.tensor([3, 700])
+        live = LiveBytes(device_type).track(*u.parameters(), x, code, t)
+        with live, torch.no_grad():
+            canvas_eps(u, x, t, code, P, band_rows=1)
+        return live.peak
+
+    real = peak("cpu")
+    with fake_mode():
+        fake = peak("cuda")
+    assert fake == real > 1e6
+
+
+def test_banded_sampling_memory_grows_only_by_the_canvas_with_height():
+    """With 1-row bands, a canvas 4x taller costs exactly the extra canvas (x is updated in place); all at once, the
+    features of every patch are live together and the peak grows ~50x faster."""
+    canvas = 3 * 4 * 64  # bytes per pixel row of a 64-wide fp32 canvas
+    short, tall = (16, 64), (64, 64)
+    grow = sampling_peak("tiny", tall, 1, "fp32", "1") - sampling_peak("tiny", short, 1, "fp32", "1")
+    grow_all = sampling_peak("tiny", tall, 1, "fp32", "off") - sampling_peak("tiny", short, 1, "fp32", "off")
+    extra_canvas = canvas * (tall[0] - short[0])
+    assert extra_canvas <= grow <= extra_canvas + 2 * BLOCK
+    assert grow_all > 20 * grow
+
+
+def test_column_chunks_lower_the_peak_of_wide_canvases():
+    hw = (16, 256)
+    assert sampling_peak("tiny", hw, 1, "fp32", "1x4") < 0.7 * sampling_peak("tiny", hw, 1, "fp32", "1")
+
+
+def test_training_estimate_counts_model_gradients_adam_and_ema():
+    cfg = get_preset("tiny")
+    params = sum(p.numel() for p in build_unet(cfg.model).parameters()) * 4
+    peak = training_peak("tiny", 2, "fp32", num_codes=4)
+    # weights, gradients, two Adam moments and the EMA: at least 5 copies of the U-Net
+    assert peak > 5 * params
+    every = training_peak("tiny", 2, "fp32", checkpointing=True, num_codes=4)
+    top = training_peak("tiny", 2, "fp32", checkpointing=True, num_codes=4, checkpoint_levels=1)
+    assert every < top < peak
+
+
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_half_weights_compute_exactly_what_autocast_computes(tiny_unet, precision, dtype):
+    x, t, code = torch.randn(2, 3, 16, 24), torch.tensor([7, 600]), torch.randn(2, 512)
+    half = cast_weights(copy.deepcopy(tiny_unet), precision)
+    for m in half.modules():  # convolutions and linear layers in half precision, normalisation in fp32
+        if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear, torch.nn.GroupNorm)):
+            want = torch.float32 if isinstance(m, torch.nn.GroupNorm) else dtype
+            assert {p.dtype for p in m.parameters()} == {want}
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        ref = canvas_eps(tiny_unet, x, t, code, P)
+        assert ref.abs().mean() > 1e-3
+        assert torch.equal(canvas_eps(half, x, t, code, P), ref)
+        assert torch.equal(canvas_eps(half, x, t, code, P, band_rows=1, band_cols=2), ref)
+    assert cast_weights(tiny_unet, "fp32") is tiny_unet
+    assert all(p.dtype == torch.float32 for p in tiny_unet.parameters())
+
+
+def test_in_place_sampling_overwrites_x_T_only_when_asked(tiny_unet):
+    x_T, code = torch.randn(1, 3, 16, 24), torch.randn(1, 512)
+    keep = x_T.clone()
+    ref = ddim_sample_canvas(tiny_unet, x_T, code, steps=3, patch_size=P, band_rows=1)
+    assert torch.equal(x_T, keep)
+    out = ddim_sample_canvas(tiny_unet, x_T, code, steps=3, patch_size=P, band_rows=1, in_place=True)
+    assert out is x_T and torch.equal(out, ref)
