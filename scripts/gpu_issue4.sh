@@ -34,4 +34,7 @@ if [ "$what" = train ] || [ "$what" = all ]; then
       --checkpointing --checkpoint_levels "$lv" --out "$OUT/train.jsonl" 2>&1 | log
   done
 fi
+if python3 -m pytest --version >/dev/null 2>&1; then  # the CUDA-only tests (estimate vs allocator, half weights)
+  python3 -m pytest -q -rs tests/test_memory.py tests/test_regression.py 2>&1 | tail -5 | log
+fi
 python3 -m benchmarks.precision --preset nature --size 128x256 --precision bf16,fp16 --out "$OUT/precision.jsonl" 2>&1 | log

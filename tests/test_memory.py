@@ -101,3 +101,37 @@ def test_in_place_sampling_overwrites_x_T_only_when_asked(tiny_unet):
     assert torch.equal(x_T, keep)
     out = ddim_sample_canvas(tiny_unet, x_T, code, steps=3, patch_size=P, band_rows=1, in_place=True)
     assert out is x_T and torch.equal(out, ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_estimate_against_the_cuda_allocator_and_half_weights_on_cuda():
+    """On a GPU: the estimate is within 20% below the allocator's peak (it cannot see the cuBLAS/cuDNN workspaces;
+    5% above is allowed for kernel choices the trace cannot know), and the half-precision weights give the same eps
+    as autocast under the CUDA kernels."""
+    from benchmarks.common import timed
+    device = torch.device("cuda")
+    cfg = get_preset("nature")
+    p, hw = cfg.model.patch_size, (256, 512)
+    est = sampling_peak("nature", hw, 1, "bf16", "1x4")
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated(device)  # whatever earlier tests left on the device
+    torch.manual_seed(0)
+    unet = cast_weights(build_unet(cfg.model).to(device).eval(), "bf16")
+    x, code = torch.randn(1, 3, *hw, device=device), torch.randn(1, cfg.model.code_dim, device=device)
+    row = {}
+    with timed(device, row), torch.autocast("cuda", dtype=torch.bfloat16):
+        ddim_sample_canvas(unet, x, code, steps=2, patch_size=p, band_rows=1, band_cols=4, in_place=True)
+    measured = row["peak_gib"] * 2 ** 30 - before
+    assert 0.8 * measured <= est <= 1.05 * measured
+    del unet, x
+    cfg = get_preset("small")
+    p, hw = cfg.model.patch_size, (64, 128)
+    code = torch.randn(2, cfg.model.code_dim, device=device)
+    ref = build_unet(cfg.model).to(device).eval()
+    for m in ref.modules():
+        if isinstance(m, torch.nn.Conv2d) and not m.weight.any():
+            torch.nn.init.normal_(m.weight, std=0.05)
+    half = cast_weights(copy.deepcopy(ref), "bf16")
+    x_t, t = torch.randn(2, 3, *hw, device=device), torch.tensor([5, 900], device=device)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        assert torch.equal(canvas_eps(half, x_t, t, code, p), canvas_eps(ref, x_t, t, code, p))
