@@ -230,7 +230,8 @@ def main(argv=None) -> int:
         with torch.no_grad(), autocast(device, precision):
             img = ddim_sample_canvas(net, x_T, code, steps=steps, patch_size=p, cfg_scale=w, band_rows=band_rows,
                                      band_cols=band_cols, wrap=args.wrap, collage=cfg.model.collage,
-                                     known=(x, m), resample=args.resample, seed=args.seed + k, progress=True)
+                                     known=(x, m), resample=args.resample, seed=args.seed + k, progress=True,
+                                     in_place=True)
         top, left, h, wd = box
         path = out if args.num == 1 else out.with_name(f"{out.stem}_{k}{out.suffix or '.png'}")
         save_png(img[0, :, top:top + h, left:left + wd], path)
