@@ -25,7 +25,7 @@ from diffusion import ddim_sample_canvas, ddim_sample_latent, space_timesteps
 from model import load_official_checkpoint, read_checkpoint
 from runtime.device import autocast, check_precision, device_type, pick_device, sampling_precision
 from runtime.errors import CLIError, check_divisible, parse_bands, parse_hw, run_cli
-from runtime.fast import COMPILE_MODES, cast_weights, speed_up
+from runtime.fast import COMPILE_MODES, COMPILE_SCOPES, cast_weights, speed_up
 from runtime.files import save_png
 from runtime import dist as D
 from runtime.runs import FULL_FORMAT, TRAIN_FORMAT, load_patch_model, models_from_full
@@ -51,7 +51,9 @@ def build_parser():
                     help="autocast for the patch network (default bf16 on GPU, fp16 where bf16 is missing, fp32 on "
                          "CPU; the official script used fp16)")
     ap.add_argument("--compile", default="none", choices=list(COMPILE_MODES),
-                    help="torch.compile the U-Net block by block (same images; pays on GPUs, see docs/BENCHMARKS.md)")
+                    help="torch.compile the U-Net (same images; pays on GPUs, see docs/BENCHMARKS.md)")
+    ap.add_argument("--compile_scope", default="blocks", choices=list(COMPILE_SCOPES),
+                    help="with --compile: every block on its own, or the encoder and decoder halves as whole graphs")
     ap.add_argument("--skip_existing", action="store_true", help="keep PNGs already in --output_dir")
     ap.add_argument("--wrap", default="", choices=["", "x", "y", "xy"],
                     help="pad circularly instead of with zeros: x for seamless 360-degree panoramas, xy for tiles")
@@ -119,7 +121,8 @@ def generate(args, d: D.Dist) -> None:
         except ValueError as e:
             raise CLIError(f"{e} (try 10, 20, 25, 50, 100, ...)") from None
     band_rows, band_cols = parse_bands(args.bands, args.batch_size * (2 if w else 1), hw, p)
-    unet = speed_up(cast_weights(unet.to(device), precision), args.compile)  # cast: same function, less memory
+    # cast_weights: the same function in less memory
+    unet = speed_up(cast_weights(unet.to(device), precision), args.compile, scope=args.compile_scope)
     latent = latent.to(device) if latent is not None else None
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,8 @@ The network runs on fake CUDA tensors (torch's FakeTensorMode: shapes, dtypes an
 arithmetic), and every tensor storage is counted from its allocation to its release, rounded up to the CUDA caching
 allocator's 512-byte blocks. The peak of those live bytes is what ``torch.cuda.max_memory_allocated`` reports, less
 what cannot be seen here: cuBLAS / cuDNN workspaces and the allocator's rounding of large blocks. Against the H100
-measurements in docs/BENCHMARKS.md the sampling estimate reads 4-12% low. Parameters, inputs, the autocast weight cache, Adam's state
-and the EMA are all counted. Sampling runs 2 DDIM steps (the peak is reached within a step).
+measurements in docs/BENCHMARKS.md the sampling estimate reads 4-12% low. Parameters, inputs, the autocast weight
+cache, Adam's state and the EMA are all counted. Sampling runs 2 DDIM steps (the peak is reached within a step).
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", default="none", help="torch.compile mode per block: none, default, "
                                                       "reduce-overhead, max-autotune (runtime/fast.py)")
     ap.add_argument("--channels_last", action="store_true", help="channels-last memory format")
+    ap.add_argument("--compile_scope", default="blocks", help="blocks or halves (runtime/fast.py)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=None, help="append JSONL rows here")
     ap.add_argument("--smoke", action="store_true", help="tiny preset, CPU, 3 steps")
@@ -67,10 +68,10 @@ def main(argv=None) -> int:
             for batch in (int(b) for b in args.batches.split(",")):
                 r = measure(unet, device, parse_hw(size), batch, precision, args.steps, args.bands,
                             args.cfg_scale, cfg.model.patch_size, cfg.model.code_dim)
-                rows.append({**env, "preset": args.preset, "compile": args.compile,
+                rows.append({**env, "preset": args.preset, "compile": args.compile, "scope": args.compile_scope,
                              "channels_last": args.channels_last, **r})
-    emit(rows, args.out, ["size", "batch", "precision", "cfg", "bands", "compile", "channels_last", "s_per_image",
-                          "peak_gib"])
+    emit(rows, args.out, ["size", "batch", "precision", "cfg", "bands", "compile", "scope", "channels_last",
+                          "s_per_image", "peak_gib"])
     return 0
 
 

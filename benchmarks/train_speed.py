@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--compile", default="none", help="torch.compile mode per block (runtime/fast.py)")
     ap.add_argument("--channels_last", action="store_true", help="channels-last memory format")
+    ap.add_argument("--compile_scope", default="blocks", help="blocks or halves (runtime/fast.py)")
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
     ap.add_argument("--checkpoint_levels", type=int, default=0, help="with --checkpointing: only the N highest-"
                                                                      "resolution levels (0 = all)")
@@ -61,7 +62,8 @@ def main(argv=None) -> int:
         fixed = (torch.rand(args.batch, 3, h, w, device=device) * 2 - 1,
                  torch.randint(0, num_codes, (args.batch,), device=device))
     net = build_patchdm(cfg.model, num_codes, torch.randn(num_codes, cfg.model.code_dim)).to(device)
-    speed_up(set_checkpointing(net, args.checkpointing, args.checkpoint_levels), args.compile, args.channels_last)
+    speed_up(set_checkpointing(net, args.checkpointing, args.checkpoint_levels), args.compile, args.channels_last,
+             scope=args.compile_scope)
     ema = EMA(net, tc.ema_decay)
     step_fn = LossStep(net, cfg.model.patch_size, cfg.data.image_size, windowed=bool(args.data))
     opt = torch.optim.Adam(net.parameters(), lr=tc.lr)
@@ -83,12 +85,13 @@ def main(argv=None) -> int:
         for s in range(args.steps):
             one(args.warmup + s)
     row.update(environment(device), preset=args.preset, batch=args.batch, precision=args.precision,
-               data="lmdb" if args.data else "tensors", compile=args.compile, channels_last=args.channels_last,
+               data="lmdb" if args.data else "tensors", compile=args.compile, scope=args.compile_scope,
+               channels_last=args.channels_last,
                checkpointing=args.checkpointing and (args.checkpoint_levels or "all"),
                s_per_step=row["seconds"] / args.steps,
                windows_per_s=args.batch * args.steps / row["seconds"])
-    emit([row], args.out, ["batch", "precision", "data", "compile", "channels_last", "checkpointing", "s_per_step",
-                           "windows_per_s", "peak_gib"])
+    emit([row], args.out, ["batch", "precision", "data", "compile", "scope", "channels_last", "checkpointing",
+                           "s_per_step", "windows_per_s", "peak_gib"])
     return 0
 
 

@@ -18,6 +18,11 @@ from model.blocks import AttentionBlock, Checkpointable, ResBlock
 from runtime.device import DTYPES
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# Every ResBlock and attention block shares one forward (Checkpointable.forward), so dynamo keeps one entry per
+# (block type, shapes, batch size) under that code object: the nature U-Net needs ~30 at one canvas size, far above
+# dynamo's default of 8, past which the remaining blocks silently run eager.
+RECOMPILE_LIMIT = 512
+COMPILE_SCOPES = ("blocks", "halves")
 
 
 def compiled_parts(unet) -> list:
@@ -57,14 +62,28 @@ def cast_weights(net: nn.Module, precision: str) -> nn.Module:
 
 
 def speed_up(unet: nn.Module, compile_mode: str = "none", channels_last: bool = False, backend: str = "inductor",
-             dynamic: bool | None = False) -> nn.Module:
-    """Apply the switches in place and return the network. compile_mode 'none' leaves it eager."""
+             dynamic: bool | None = False, scope: str = "blocks") -> nn.Module:
+    """Apply the switches in place and return the network. compile_mode 'none' leaves it eager.
+
+    scope 'blocks' compiles every block on its own (``compiled_parts``); 'halves' compiles the embedding, the
+    encoder half + middle and the decoder half as three graphs (fusion across blocks, CUDA graphs over a whole half
+    with 'reduce-overhead', a few graphs per batch size instead of one per block signature). Which pays is for the
+    GPU to say (docs/BENCHMARKS.md). 'halves' replaces the bound methods on this instance: compile after copying."""
     if compile_mode not in COMPILE_MODES:
         raise ValueError(f"compile mode {compile_mode!r}: choose one of {', '.join(COMPILE_MODES)}")
+    if scope not in COMPILE_SCOPES:
+        raise ValueError(f"compile scope {scope!r}: choose one of {', '.join(COMPILE_SCOPES)}")
     if channels_last:
         unet.to(memory_format=torch.channels_last)
     if compile_mode != "none":
-        for m in compiled_parts(unet):
-            m.compile(backend=backend, mode=None if compile_mode == "default" or backend != "inductor"
-                      else compile_mode, dynamic=dynamic)
+        dyn = torch._dynamo.config
+        dyn.recompile_limit = max(dyn.recompile_limit, RECOMPILE_LIMIT)
+        dyn.accumulated_recompile_limit = max(dyn.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
+        mode = None if compile_mode == "default" or backend != "inductor" else compile_mode
+        if scope == "halves":
+            for name in ("embed", "encode", "decode"):
+                setattr(unet, name, torch.compile(getattr(unet, name), backend=backend, mode=mode, dynamic=dynamic))
+        else:
+            for m in compiled_parts(unet):
+                m.compile(backend=backend, mode=mode, dynamic=dynamic)
     return unet

@@ -9,9 +9,13 @@ mkdir -p "$OUT"
 log() { tee -a "$OUT/log.txt"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | log
 if [ "$what" = sample ] || [ "$what" = all ]; then
-  for c in none default max-autotune-no-cudagraphs; do
-    python3 -m benchmarks.sample_speed --sizes 512x1024 --batches 1,4 --precision bf16 --bands off --compile "$c" \
-      --out "$OUT/sample.jsonl" 2>&1 | log
+  python3 -m benchmarks.sample_speed --sizes 512x1024 --batches 1,4 --precision bf16 --bands off \
+    --out "$OUT/sample.jsonl" 2>&1 | log
+  for c in default reduce-overhead; do
+    for sc in halves blocks; do
+      python3 -m benchmarks.sample_speed --sizes 512x1024 --batches 1,4 --precision bf16 --bands off --compile "$c" \
+        --compile_scope "$sc" --out "$OUT/sample.jsonl" 2>&1 | log
+    done
   done
   python3 -m benchmarks.sample_speed --sizes 512x1024 --batches 4 --precision bf16 --bands off --compile default \
     --channels_last --out "$OUT/sample.jsonl" 2>&1 | log
@@ -25,9 +29,10 @@ if [ "$what" = bands ] || [ "$what" = all ]; then
   done
 fi
 if [ "$what" = train ] || [ "$what" = all ]; then
-  for c in none default; do
-    python3 -m benchmarks.train_speed --batch 96 --precision bf16 --steps 10 --warmup 5 --compile "$c" \
-      --out "$OUT/train.jsonl" 2>&1 | log
+  python3 -m benchmarks.train_speed --batch 96 --precision bf16 --steps 10 --warmup 5 --out "$OUT/train.jsonl" 2>&1 | log
+  for sc in halves blocks; do
+    python3 -m benchmarks.train_speed --batch 96 --precision bf16 --steps 10 --warmup 5 --compile default \
+      --compile_scope "$sc" --out "$OUT/train.jsonl" 2>&1 | log
   done
   for lv in 0 2; do
     python3 -m benchmarks.train_speed --batch 96 --precision bf16 --steps 10 --warmup 5 --compile default \
