@@ -19,7 +19,7 @@ from runtime.device import DTYPES
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Every ResBlock and attention block shares one forward (Checkpointable.forward), so dynamo keeps one entry per
-# (block type, shapes, batch size) under that code object: the nature U-Net needs ~30 at one canvas size, far above
+# (block type, shapes, batch size) under that code object: the nature U-Net needs dozens per canvas size, far above
 # dynamo's default of 8, past which the remaining blocks silently run eager.
 RECOMPILE_LIMIT = 512
 COMPILE_SCOPES = ("blocks", "halves")
@@ -48,7 +48,7 @@ def set_checkpointing(net: nn.Module, on: bool = True, levels: int = 0) -> nn.Mo
 def cast_weights(net: nn.Module, precision: str) -> nn.Module:
     """For inference under autocast: store the weights of the layers that autocast runs in half precision
     (convolutions, linear layers) in that type, so that neither fp32 masters nor autocast's per-call cache of half
-    copies are kept (about 3/4 of the weight memory saved in bf16). The same function exactly: autocast would cast
+    copies are kept (two thirds of the weight memory saved in bf16). The same function exactly: autocast would cast
     these weights to the same type before every use. Normalisation layers keep fp32 (autocast computes them in fp32).
     Only for networks that run under autocast from then on; 'fp32' leaves the network as it is."""
     if precision == "fp32":
