@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny preset, small canvases, batch 2")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.preset, args.sizes, args.batches, args.bands, args.batch = "tiny", "16x24,64x128", "1,2", "off,1x2", 2
+        args.preset, args.sizes, args.batches, args.bands, args.batch = "tiny", "16x24,32x48", "1,2", "off,1x2", 2
     rows = []
     for precision in args.precision.split(","):
         if args.train:
