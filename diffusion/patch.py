@@ -94,7 +94,7 @@ def canvas_eps(unet, x_t: torch.Tensor, t: torch.Tensor, code: torch.Tensor, pat
 
 
 def canvas_eps_bands(unet, x_t, t, code, p: int, band_rows: int, pos_keep=None, band_cols: int | None = None,
-                     wrap: str = ""):
+                     wrap: str = "", repeat: int = 1):
     """Yield (pixel_rows, eps) for successive bands of ``band_rows`` tile rows, top to bottom.
 
     Tile row i only needs padded rows i and i+1, so each band encodes its new padded rows (read from x_t when the
@@ -103,11 +103,13 @@ def canvas_eps_bands(unet, x_t, t, code, p: int, band_rows: int, pos_keep=None, 
     x_t in place band by band (streamed DDIM). band_cols=k also decodes each band k tile columns at a time (tile
     column j needs padded columns j and j+1), which bounds the decoder's activations on wide canvases.
     With a vertical wrap the last padded row reads the canvas's first rows, so they are copied when the first band is
-    computed, before a streaming caller updates them.
+    computed, before a streaming caller updates them. repeat=k evaluates k copies of the batch (t, code, pos_keep
+    have k*B rows, copy-major: the guided batch of ``cfg_conditions``) while only each band's rows are copied.
     """
     if band_rows < 1:
         raise ValueError(f"band_rows must be at least 1, got {band_rows}")
-    b, _, h, w = x_t.shape
+    _, _, h, w = x_t.shape
+    b = x_t.shape[0] * repeat
     check_canvas(h, w, p)
     rows, cols = h // p + 1, w // p + 1
     head = x_t[..., :p // 2, :].clone() if wrap_axes(wrap)[0] else None
@@ -115,8 +117,12 @@ def canvas_eps_bands(unet, x_t, t, code, p: int, band_rows: int, pos_keep=None, 
     for r0 in range(0, rows - 1, band_rows):
         r1 = min(r0 + band_rows, rows - 1)  # decoder rows r0..r1-1 need padded rows r0..r1
         first = r0 if carry is None else r0 + 1
-        hid, skips, _, _ = encode_grid(unet, split(padded_rows(x_t, first, r1 + 1, p, wrap, head), p),
-                                       (r1 + 1 - first, cols), (first, 0), t, code, pos_keep)
+        rows_in = padded_rows(x_t, first, r1 + 1, p, wrap, head)
+        if repeat > 1:
+            rows_in = rows_in.repeat(repeat, 1, 1, 1)
+        hid, skips, _, _ = encode_grid(unet, split(rows_in, p), (r1 + 1 - first, cols), (first, 0), t, code,
+                                       pos_keep)
+        rows_in = None
         new, hid, skips = [hid, *skips], None, None
         n_rows, step = r1 + 1 - r0, band_cols or cols - 1
         parts = []
@@ -206,9 +212,13 @@ def guided_canvas_eps(unet, x_t, t, code, patch_size, cfg_scale: float = 0.0, ba
 def cfg_batch(x_t, t, code):
     """The doubled batch of a guided evaluation: (x, t, code, pos_keep), conditional half first; the unconditional
     half has its code zeroed and its positions dropped (Faithful, spec §6)."""
-    b = x_t.shape[0]
-    keep = torch.cat([torch.ones(b, device=x_t.device), torch.zeros(b, device=x_t.device)])
-    return torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([code, torch.zeros_like(code)]), keep
+    return (torch.cat([x_t, x_t]), *cfg_conditions(t, code))
+
+
+def cfg_conditions(t, code):
+    """(t, code, pos_keep) of ``cfg_batch`` without the doubled images."""
+    keep = torch.cat([torch.ones(t.shape[0], device=t.device), torch.zeros(t.shape[0], device=t.device)])
+    return torch.cat([t, t]), torch.cat([code, torch.zeros_like(code)]), keep
 
 
 def cfg_combine(eps: torch.Tensor, cfg_scale: float) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .patch import (canvas_eps_bands, cfg_batch, cfg_combine, check_collage, default_schedule, guided_canvas_eps,
+from .patch import (canvas_eps_bands, cfg_combine, cfg_conditions, check_collage, default_schedule, guided_canvas_eps,
                     guided_shifted_eps, pixel_shift)
 from .schedule import Schedule, const_betas
 
@@ -108,9 +108,9 @@ def _streamed_step(unet, code, sched, p, cfg_scale, clip_x0, band_rows, band_col
     def step(x, i, k):
         b = x.shape[0]
         t = sched.model_t(i, b, x.device)
-        if cfg_scale:  # the doubled batch is a copy of x_t, so in-place updates of x do not reach it
-            x2, t2, code2, keep = cfg_batch(x, t, code)
-            bands = canvas_eps_bands(unet, x2, t2, code2, p, band_rows, keep, band_cols, wrap)
+        if cfg_scale:  # the guided batch doubles each band's rows only, not the canvas
+            t2, code2, keep = cfg_conditions(t, code)
+            bands = canvas_eps_bands(unet, x, t2, code2, p, band_rows, keep, band_cols, wrap, repeat=2)
         else:
             bands = canvas_eps_bands(unet, x, t, code, p, band_rows, band_cols=band_cols, wrap=wrap)
         for rows, eps in bands:

@@ -64,8 +64,8 @@ def test_fake_estimate_equals_the_live_bytes_of_the_real_computation(tiny_cfg):
 
 
 def test_banded_sampling_memory_grows_only_by_the_canvas_with_height():
-    """With 1-row bands, a canvas 4x taller costs exactly the extra canvas (x is updated in place); all at once, the
-    features of every patch are live together and the peak grows ~50x faster."""
+    """With 1-row bands, a canvas 4x taller costs exactly the extra canvas (x is updated in place), with or without
+    guidance; all at once, the features of every patch are live together and the peak grows ~50x faster."""
     canvas = 3 * 4 * 64  # bytes per pixel row of a 64-wide fp32 canvas
     short, tall = (16, 64), (64, 64)
     grow = sampling_peak("tiny", tall, 1, "fp32", "1") - sampling_peak("tiny", short, 1, "fp32", "1")
@@ -73,6 +73,10 @@ def test_banded_sampling_memory_grows_only_by_the_canvas_with_height():
     extra_canvas = canvas * (tall[0] - short[0])
     assert extra_canvas <= grow <= extra_canvas + 2 * BLOCK
     assert grow_all > 20 * grow
+    # with guidance too: the doubled batch copies each band's rows, not the canvas
+    grow_cfg = (sampling_peak("tiny", tall, 1, "fp32", "1", cfg_scale=0.5)
+                - sampling_peak("tiny", short, 1, "fp32", "1", cfg_scale=0.5))
+    assert extra_canvas <= grow_cfg <= extra_canvas + 2 * BLOCK
 
 
 def test_column_chunks_lower_the_peak_of_wide_canvases():
