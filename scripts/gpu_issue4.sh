@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Issue 4 measurements; each part (sample, bands, train) is meant for one device call (<= 10 min, compiles included): sampling speed/memory with the speed switches, the
-# 4096x8192 bands (compare with benchmarks/memory_estimate.py), training throughput/peak. Rows go to $OUT/*.jsonl; the log to $OUT/log.txt.
+# Issue 4 measurements; each part (sample, bands, train) is meant for one device call (<= 10 min, compiles
+# included): sampling speed/memory with the speed switches and compile scopes, the 4096x8192 bands (compare
+# with benchmarks/memory_estimate.py), training throughput/peak. Rows go to $OUT/*.jsonl; the log to
+# $OUT/log.txt.
 # Usage on the GPU machine: OUT=... bash scripts/gpu_issue4.sh [sample|bands|train|all]
 set -uo pipefail
 what=${1:-all}
