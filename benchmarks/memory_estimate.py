@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 import weakref
 from contextlib import contextmanager
 
@@ -125,15 +126,17 @@ def training_peak(preset: str, batch: int, precision: str = "bf16", checkpointin
     """Estimated peak bytes of benchmarks/train_speed.py's step (images as tensors on the GPU): the window loss,
     backward, clipping, Adam and EMA, with the model, its gradients, Adam's state and the EMA resident.
 
-    Traced on fake CPU tensors: autograd's engine needs a CUDA driver for CUDA tensors, fake or not. In fp32 the
-    trace allocates exactly what the CUDA one does (tests/test_memory.py); in half precision CPU autocast differs in a
-    few operators (nearest upsampling runs in bf16 on the CPU, in fp32 under CUDA autocast), which can make this read
-    low. At batch 96 in bf16 (nature) it reads 48.7 GiB against 48.8 GiB measured on an H100."""
+    Traced on fake CPU tensors: autograd's engine needs a CUDA driver for CUDA tensors, fake or not. The forward runs
+    the same operators on either device (in fp32 a forward pass allocates the same bytes on the CPU as on fake CUDA
+    tensors, tests/test_memory.py), Adam uses its CUDA default (foreach), but in half precision CPU autocast differs
+    in a few operators (nearest upsampling runs in bf16 on the CPU, in fp32 under CUDA autocast), which can make this
+    read low. At batch 96 in bf16 (nature) it reads 48.7 GiB against 48.8 GiB measured on an H100."""
     from runtime.ema import EMA
     from train import LossStep
     cfg = get_preset(preset)
     tc, p, (h, w) = cfg.training, cfg.model.patch_size, cfg.data.image_size
-    with fake_mode():
+    with fake_mode(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")  # EMA's deepcopy
         with torch.device("cpu"):
             net = set_checkpointing(build_patchdm(cfg.model, num_codes, torch.randn(num_codes, cfg.model.code_dim)),
                                     checkpointing, checkpoint_levels).train()
@@ -143,7 +146,7 @@ def training_peak(preset: str, batch: int, precision: str = "bf16", checkpointin
         with live:
             ema = EMA(net, tc.ema_decay)
             step_fn = LossStep(net, p, (h, w))
-            opt = torch.optim.Adam(net.parameters(), lr=tc.lr)
+            opt = torch.optim.Adam(net.parameters(), lr=tc.lr, foreach=True)  # the CUDA default
             for _ in range(steps):
                 t = torch.randint(0, cfg.diffusion.num_timesteps, (batch,))
                 noise = torch.randn(batch, 3, 2 * p, 2 * p)
