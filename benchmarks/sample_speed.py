@@ -20,7 +20,7 @@ from diffusion import ddim_sample_canvas
 from model import build_unet
 from runtime.device import autocast, pick_device
 from runtime.errors import parse_bands, parse_hw
-from runtime.fast import cast_weights, speed_up
+from runtime.fast import COMPILE_SCOPES, cast_weights, speed_up
 
 
 def measure(unet, device, hw, batch, precision, steps, bands, cfg_scale, p, code_dim):
@@ -48,7 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", default="none", help="torch.compile mode per block: none, default, "
                                                       "reduce-overhead, max-autotune (runtime/fast.py)")
     ap.add_argument("--channels_last", action="store_true", help="channels-last memory format")
-    ap.add_argument("--compile_scope", default="blocks", help="blocks or halves (runtime/fast.py)")
+    ap.add_argument("--compile_scope", default="blocks", choices=list(COMPILE_SCOPES),
+                    help="with --compile: every block, or the encoder and decoder halves (runtime/fast.py)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=None, help="append JSONL rows here")
     ap.add_argument("--smoke", action="store_true", help="tiny preset, CPU, 3 steps")
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
     for precision in args.precision.split(","):
         # the weights as test.py keeps them for this precision (runtime.fast.cast_weights: the same function)
         unet = speed_up(cast_weights(build_unet(cfg.model).to(device).eval(), precision), args.compile,
-                        args.channels_last)
+                        args.channels_last, scope=args.compile_scope)
         for size in args.sizes.split(","):
             for batch in (int(b) for b in args.batches.split(",")):
                 r = measure(unet, device, parse_hw(size), batch, precision, args.steps, args.bands,

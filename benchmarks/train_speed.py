@@ -21,7 +21,7 @@ from model import build_patchdm
 from runtime.data import StepBatchSampler, make_loader
 from runtime.device import autocast, pick_device
 from runtime.ema import EMA
-from runtime.fast import set_checkpointing, speed_up
+from runtime.fast import COMPILE_SCOPES, set_checkpointing, speed_up
 from train import LossStep, draw, optimizer_step, window_at
 
 
@@ -36,7 +36,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--compile", default="none", help="torch.compile mode per block (runtime/fast.py)")
     ap.add_argument("--channels_last", action="store_true", help="channels-last memory format")
-    ap.add_argument("--compile_scope", default="blocks", help="blocks or halves (runtime/fast.py)")
+    ap.add_argument("--compile_scope", default="blocks", choices=list(COMPILE_SCOPES),
+                    help="with --compile: every block, or the encoder and decoder halves (runtime/fast.py)")
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
     ap.add_argument("--checkpoint_levels", type=int, default=0, help="with --checkpointing: only the N highest-"
                                                                      "resolution levels (0 = all)")
