@@ -176,6 +176,15 @@ def test_full_chain(lmdb_path, codes, tmp_path):
         a = np.asarray(Image.open(out / f"{k}.png"), dtype=int)
         b = np.asarray(Image.open(banded / f"{k}.png"), dtype=int)
         assert np.abs(a - b).max() <= 1
+    # bf16 (half-precision weights, runtime.fast.cast_weights), whole and banded: close to the fp32 images
+    for name, bands in (("bf16", "off"), ("bf16_banded", "1x2")):
+        assert run_cli(sample.main, ["-f", str(full), "-g", str(tmp_path / name), "--img_num", "2", "-b", "2",
+                                     "--device", "cpu", "--steps", "4", "--latent_steps", "4", "--precision", "bf16",
+                                     "--bands", bands]) == 0
+        for k in range(2):
+            a = np.asarray(Image.open(out / f"{k}.png"), dtype=int)
+            b = np.asarray(Image.open(tmp_path / name / f"{k}.png"), dtype=int)
+            assert np.abs(a - b).mean() < 4
     # a larger canvas than the training size
     wide = tmp_path / "wide"
     assert run_cli(sample.main, ["-f", str(full), "-g", str(wide), "--img_num", "1", "--image_size", "24x40",
