@@ -104,18 +104,18 @@ def fake_autocast(device_type: str, precision: str):
 
 
 def sampling_peak(preset: str, hw: tuple, batch: int, precision: str = "bf16", bands: str = "auto",
-                  cfg_scale: float = 0.0, steps: int = 2, device_type: str = "cuda") -> float:
+                  cfg_scale: float = 0.0, steps: int = 2) -> float:
     """Estimated peak bytes of ``ddim_sample_canvas`` as benchmarks/sample_speed.py and test.py run it."""
     cfg = get_preset(preset)
     p = cfg.model.patch_size
     br, bc = parse_bands(bands, batch * (2 if cfg_scale else 1), hw, p)
     with fake_mode(), torch.no_grad():
-        with torch.device(device_type):
+        with torch.device("cuda"):
             unet = cast_weights(build_unet(cfg.model).eval(), precision)
             x_T = torch.randn(batch, 3, *hw)
             code = torch.randn(batch, cfg.model.code_dim)
-        live = LiveBytes(device_type).track(*unet.parameters(), *unet.buffers(), x_T, code)
-        with live, fake_autocast(device_type, precision):
+        live = LiveBytes().track(*unet.parameters(), *unet.buffers(), x_T, code)
+        with live, fake_autocast("cuda", precision):
             ddim_sample_canvas(unet, x_T, code, steps=steps, patch_size=p, cfg_scale=cfg_scale, band_rows=br,
                                band_cols=bc, in_place=True)
     return live.peak
@@ -132,7 +132,7 @@ def training_peak(preset: str, batch: int, precision: str = "bf16", checkpointin
     in a few operators (nearest upsampling runs in bf16 on the CPU, in fp32 under CUDA autocast), which can make this
     read low. At batch 96 in bf16 (nature) it reads 48.7 GiB against 48.8 GiB measured on an H100."""
     from runtime.ema import EMA
-    from train import LossStep
+    from train import LossStep, optimizer_step
     cfg = get_preset(preset)
     tc, p, (h, w) = cfg.training, cfg.model.patch_size, cfg.data.image_size
     with fake_mode(), warnings.catch_warnings():
@@ -147,15 +147,13 @@ def training_peak(preset: str, batch: int, precision: str = "bf16", checkpointin
             ema = EMA(net, tc.ema_decay)
             step_fn = LossStep(net, p, (h, w))
             opt = torch.optim.Adam(net.parameters(), lr=tc.lr, foreach=True)  # the CUDA default
+            scaler = torch.amp.GradScaler("cpu", enabled=False)  # fp16's scaler holds no tensors worth counting
             for _ in range(steps):
                 t = torch.randint(0, cfg.diffusion.num_timesteps, (batch,))
                 noise = torch.randn(batch, 3, 2 * p, 2 * p)
                 with fake_autocast("cpu", precision):
                     shift, noshift = step_fn(x0, index, t, noise, (0, 0))  # memory is the same at any window
-                opt.zero_grad(set_to_none=True)
-                (shift.mean() + noshift.mean()).backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
-                opt.step()
+                optimizer_step(net, opt, scaler, shift.mean() + noshift.mean(), tc)  # train.py's step
                 ema.update(net)
     return live.peak
 
