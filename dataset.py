@@ -19,6 +19,8 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
+from runtime.errors import UserError
+
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 RAW_MAGIC = b"PDMRAW1\0"  # img2lmdb.py --format raw: magic, uint32 height, uint32 width, then H*W*3 RGB bytes
 
@@ -54,8 +56,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-class DataError(RuntimeError):
-    """The data path is missing or damaged."""
+class DataError(UserError):
+    """The data path is missing or damaged (one line for the user, also when raised in a DataLoader worker)."""
 
 
 def geometric_transform(kind: str, image_size: tuple, resize: tuple):
@@ -166,6 +168,24 @@ class ImageDataset(Dataset):
                 return to_rgb(ImageOps.exif_transpose(im))
         except Exception as e:
             raise DataError(f"cannot decode image {where}: {e}") from None
+
+    def stored_size(self, index: int) -> tuple:
+        """(H, W) of the stored image (EXIF orientation applied), read from its header without decoding it."""
+        if self.lmdb:
+            data = self._record(index)
+            raw = raw_array(data)
+            if raw is not None:
+                return raw.shape[:2]
+            src, where = io.BytesIO(data), f"{self.path}[{index}]"
+        else:
+            src = where = self.files[index]
+        try:
+            with Image.open(src) as im:
+                w, h = im.size
+                turned = im.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that swap the axes
+        except Exception as e:
+            raise DataError(f"cannot decode image {where}: {e}") from None
+        return (w, h) if turned else (h, w)
 
     def _array(self, index: int) -> np.ndarray:
         """The training image (after the geometry) as (H, W, 3) uint8; raw records at the training size are not

@@ -7,7 +7,10 @@ The input folder is only read, never renamed or modified. Images are found recur
 tif, tiff; any letter case), in sorted path order, with EXIF orientation applied and every mode converted to RGB.
 Keys are '0000000'..N-1 (zero-padded to 7, as the official reader expects) plus 'length'; '__sources__' maps each
 key to its source path. Unreadable files and non-images are skipped, counted and listed in <output>/skipped.txt.
-The LMDB is written to <output>.partial and renamed when complete; an existing output is refused without --overwrite.
+The LMDB is written to a hidden folder beside <output> and renamed into place only when complete, so an interrupted
+or failed run leaves nothing behind and an older LMDB intact. --overwrite replaces only an LMDB (a folder holding just
+the files LMDB and this script write: data.mdb, lock.mdb, skipped.txt); any other file or folder is refused, and so
+is an output that is, contains or lies inside the input folder.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -26,9 +30,12 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from dataset import IMAGE_EXTS, encode_raw, geometric_transform, to_rgb
-from runtime.errors import CLIError, run_cli
+from runtime.cli import ArgumentParser, bounded, positive_int, preset_help
+from runtime.errors import CLIError, children_ignore_sigint, run_cli
+from runtime.files import make_parents, remove_empty
 
 MAP_SIZE = 1 << 40  # Faithful: 1 TiB address space (sparse on disk), as the official script
+LMDB_FILES = ("data.mdb", "lock.mdb", "skipped.txt")  # all that LMDB and this script write in an output folder
 
 
 def encode_one(job):
@@ -63,53 +70,63 @@ def list_files(root: Path):
     return sorted(images, key=key), sorted(others, key=key)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="example: python img2lmdb.py -i photos/ -o data/nature.lmdb --config nature")
+def build_parser() -> ArgumentParser:
+    ap = ArgumentParser(__doc__)
     ap.add_argument("--input", "-i", required=True, help="folder of images (searched recursively; never modified)")
     ap.add_argument("--output", "-o", required=True, help="LMDB folder to create")
-    ap.add_argument("--num_workers", "-n", type=int, default=min(12, os.cpu_count() or 1),
+    ap.add_argument("--num_workers", "-n", type=positive_int, default=min(12, os.cpu_count() or 1),
                     help="decoding processes (default: min(12, cores))")
     ap.add_argument("--config", default=None,
-                    help="preset whose training geometry is applied at write time (e.g. nature: resize 512x1280, "
-                         "centre crop 512x1024); default: keep the original resolution")
-    ap.add_argument("--quality", type=int, default=100, help="JPEG quality of the stored images (official: 100)")
+                    help="store the images at a preset's training geometry (e.g. nature: resize 512x1280, centre crop "
+                         "512x1024); default: keep the original resolution. " + preset_help())
+    ap.add_argument("--quality", type=bounded(int, 1, "an integer", 100), default=100,
+                    help="JPEG quality of the stored images (official: 100)")
     ap.add_argument("--format", choices=["jpeg", "png", "raw"], default="jpeg",
                     help="jpeg (official), png (lossless), or raw: uncompressed RGB, no decoding when training and "
                          "only the training window is read (use with --config; 1.5 MB per 512x1024 image)")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an existing LMDB written by this script (nothing else is ever replaced)")
     return ap
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    root, out = Path(args.input), Path(args.output)
-    if not root.is_dir():
-        raise CLIError(f"input folder {root} does not exist or is not a folder")
-    if out.exists() and not args.overwrite:
+def check_output(out: Path, root: Path, overwrite: bool) -> bool:
+    """Refuse every output that could cost the user a file; True when an existing LMDB is to be replaced."""
+    r, o = root.resolve(), out.resolve()
+    if o == r or r in o.parents:
+        raise CLIError(f"output {out} must not be the input folder {root} or inside it")
+    if o in r.parents:
+        raise CLIError(f"output {out} contains the input folder {root}; choose an output outside it")
+    if out.is_symlink():
+        raise CLIError(f"output {out} is a symbolic link; give the folder itself or another name")
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise CLIError(f"output {out} is a file, not an LMDB folder; choose another --output")
+    if not overwrite:
         raise CLIError(f"output {out} already exists; pass --overwrite to replace it")
-    if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
-        raise CLIError(f"output {out} must not be inside the input folder {root}")
-    geometry = None
-    if args.config:
-        from configs import get_preset
-        try:
-            d = get_preset(args.config).data
-        except ValueError as e:
-            raise CLIError(str(e)) from None
-        geometry = (d.transform, tuple(d.image_size), tuple(d.resize))
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in LMDB_FILES or not p.is_file() or p.is_symlink())
+    if foreign or not (out / "data.mdb").is_file():
+        what = f"it holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}" if foreign else \
+            "it has no data.mdb"
+        raise CLIError(f"output {out} is not an LMDB written by img2lmdb.py ({what}); --overwrite only replaces such "
+                       "an LMDB: choose another --output")
+    return True
 
-    images, others = list_files(root)
-    skipped = [(p, "not an image file (extension)") for p in others]
-    partial = Path(f"{out}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    env = lmdb.open(str(partial), map_size=MAP_SIZE, subdir=True, lock=True, readahead=False, meminit=False)
-    sources, n = [], 0
-    jobs = [(str(p), geometry, args.quality, args.format) for p in images]
+
+def _workers(n: int, jobs: list):
+    """A pool of decoding processes that never see Ctrl-C (the main process handles it and stops them), or None."""
+    if n <= 1 or not jobs:
+        return None
+    with children_ignore_sigint():
+        return get_context("spawn").Pool(n)
+
+
+def pack(jobs: list, folder: Path, root: Path, num_workers: int) -> tuple:
+    """Encode and write every job into an LMDB in ``folder``; returns (images written, [(path, why) skipped])."""
+    env = lmdb.open(str(folder), map_size=MAP_SIZE, subdir=True, lock=True, readahead=False, meminit=False)
+    pool = _workers(num_workers, jobs)
+    sources, skipped, n = [], [], 0
     try:
-        pool = get_context("spawn").Pool(args.num_workers) if args.num_workers > 1 and jobs else None
         results = pool.imap(encode_one, jobs, chunksize=4) if pool else map(encode_one, jobs)
         txn = env.begin(write=True)
         for path, data, err in tqdm(results, total=len(jobs), desc="img2lmdb", unit="img"):
@@ -125,20 +142,70 @@ def main(argv=None) -> int:
         txn.put(b"length", str(n).encode())
         txn.put(b"__sources__", json.dumps(sources).encode())
         txn.commit()
-        if pool:
-            pool.close()
-            pool.join()
     finally:
+        if pool:
+            pool.terminate()
+            pool.join()
         env.close()
-    with open(partial / "skipped.txt", "w") as f:
-        for p, why in skipped:
-            f.write(f"{p}\t{why}\n")
-    if n == 0:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise CLIError(f"no readable images under {root} ({len(skipped)} file(s) skipped)")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(partial, out)
+    return n, skipped
+
+
+def swap_in(new: Path, out: Path, replace: bool) -> None:
+    """Move the finished LMDB ``new`` to ``out``; an old LMDB there is moved aside first and deleted last, so a
+    failure at any point leaves either the old or the new one complete at ``out``."""
+    if not replace:
+        os.replace(new, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    for name in LMDB_FILES:
+        (old / name).unlink(missing_ok=True)
+    old.rmdir()
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    root, out = Path(args.input), Path(args.output)
+    if not root.is_dir():
+        raise CLIError(f"input folder {root} does not exist or is not a folder")
+    replace = check_output(out, root, args.overwrite)
+    geometry = None
+    if args.config:
+        from configs import get_preset
+        try:
+            d = get_preset(args.config).data
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        geometry = (d.transform, tuple(d.image_size), tuple(d.resize))
+    images, others = list_files(root)
+    if not images:
+        raise CLIError(f"no image files under {root} ({len(others)} other file(s)); nothing written")
+    jobs = [(str(p), geometry, args.quality, args.format) for p in images]
+
+    created = make_parents(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        n, skipped = pack(jobs, tmp, root, args.num_workers)
+        skipped = [(p, "not an image file (extension)") for p in others] + skipped
+        with open(tmp / "skipped.txt", "w") as f:
+            for p, why in skipped:
+                f.write(f"{p}\t{why}\n")
+        if n == 0:
+            raise CLIError(f"no readable images under {root} ({len(skipped)} file(s) skipped); nothing written")
+        swap_in(tmp, out, replace)
+    except KeyboardInterrupt:
+        shutil.rmtree(tmp, ignore_errors=True)
+        remove_empty(created)
+        raise KeyboardInterrupt(f"nothing written, {out} " + ("unchanged" if replace else "not created")) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        remove_empty(created)
+        raise
     print(f"wrote {n} images to {out}; skipped {len(skipped)} file(s)" +
           (f" (listed in {out / 'skipped.txt'})" if skipped else ""))
     return 0

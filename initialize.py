@@ -14,7 +14,6 @@ Output: {'model_state_dict': {'semantic_enc.weight': FloatTensor[N, 512]}}, the 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import warnings
@@ -25,8 +24,9 @@ from tqdm import tqdm
 
 from dataset import DataError, ImageDataset
 from runtime.device import pick_device
-from runtime.errors import CLIError, run_cli
-from runtime.files import atomic_save
+from runtime.cli import ArgumentParser, nonnegative_int, positive_int
+from runtime.errors import CLIError, one_line, run_cli
+from runtime.files import atomic_save, check_new_file
 
 CLIP_MODEL = "ViT-B-16-quickgelu"  # Faithful: OpenAI ViT-B/16 (QuickGELU), spec §3.1
 HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -116,9 +116,7 @@ def clip_codes(data: ImageDataset, clip, preprocess, device, batch_size=128, num
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="example: python initialize.py -d data/nature.lmdb -o data/nature_semantic.pt")
+    ap = ArgumentParser(__doc__)
     ap.add_argument("--data_path", "-d", default="./dataset", help="LMDB (or image folder) of the training images")
     ap.add_argument("--out_path", "-o", default="semantic", help="output file (official default name: semantic)")
     ap.add_argument("--clip_model", default=CLIP_MODEL, help="open_clip model name (default %(default)s)")
@@ -127,24 +125,24 @@ def build_parser():
                          "ViT-B-16.pt), or 'none' for random weights (smoke tests only)")
     ap.add_argument("--allow_download", action="store_true", help="let open_clip download missing weights")
     ap.add_argument("--cache_dir", default=None, help="open_clip / Hugging Face cache folder")
-    ap.add_argument("--batch_size", type=int, default=128, help="images per CLIP batch (official 128)")
-    ap.add_argument("--num_workers", type=int, default=4, help="DataLoader workers")
+    ap.add_argument("--batch_size", type=positive_int, default=128, help="images per CLIP batch (official 128)")
+    ap.add_argument("--num_workers", type=nonnegative_int, default=4, help="DataLoader workers")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out_path file")
     ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present)")
     return ap
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_new_file(args.out_path, args.overwrite)
     device = pick_device(args.device)
-    try:
-        data = ImageDataset(args.data_path)
-    except DataError as e:
-        raise CLIError(str(e)) from None
+    data = ImageDataset(args.data_path)
     clip, preprocess = load_clip(args.clip_model, args.clip_pretrained, device, args.allow_download, args.cache_dir)
     try:
         table = clip_codes(data, clip, preprocess, device, args.batch_size, args.num_workers)
     except DataError as e:
-        raise CLIError(str(e)) from None
+        raise CLIError(f"{one_line(e)}: every image needs a code, so none may be unreadable (remove the file, or pack "
+                       "the folder with img2lmdb.py, which skips unreadable files)") from None
     atomic_save({"model_state_dict": {"semantic_enc.weight": table}}, args.out_path)
     print(f"wrote {table.shape[0]} x {table.shape[1]} semantic codes to {args.out_path}")
     return 0

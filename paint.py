@@ -3,7 +3,7 @@
     python paint.py inpaint  -f runs/exp/checkpoints/last.pt --image photo.png --mask hole.png -o filled.png
     python paint.py outpaint -f runs/exp/checkpoints/last.pt --image photo.png --canvas 512x2048 -o wide.png
     python paint.py outpaint -f runs/exp/checkpoints/last.pt --image photo.png --canvas 512x2048 --place 0,0 \
-        --wrap x -o pano.png                                         # extend to the right into a 360-degree panorama
+        --wrap x -o pano.png       # extend to the right into a 360-degree panorama
 
 Inpainting: --mask is an image of the same size, white (>= 128) where pixels are to be generated, black where they
 are kept. Outpainting: the image is placed on a larger --canvas at --place TOP,LEFT (default: centred) and the rest
@@ -11,6 +11,7 @@ is generated. The kept pixels come back unchanged (bit for bit in the PNG). Each
 by the image forward-noised to that step; --resample R repeats every step R times with re-noising in between
 (RePaint), which blends the boundary (R times the cost). The semantic code (--code) is fitted to the kept pixels by
 default (code-table models), computed by the image encoder (encoder models), or sampled from the latent DDPM.
+An existing output file is never replaced unless --overwrite is given.
 """
 
 from __future__ import annotations
@@ -28,16 +29,15 @@ from tqdm import tqdm
 from dataset import to_rgb, to_unit_tensor
 from diffusion import ddim_sample_canvas, ddim_sample_latent, space_timesteps
 from diffusion.inpaint import fit_code
-from model import load_official_checkpoint, read_checkpoint
+from runtime.cli import ArgumentParser, parse_bands, parse_hw, positive_int
 from runtime.device import autocast, check_precision, pick_device, sampling_precision
-from runtime.errors import CLIError, parse_bands, parse_hw, run_cli
-from runtime.files import save_png
-from runtime.runs import FULL_FORMAT, load_patch_model, models_from_full
+from runtime.errors import CLIError, run_cli
+from runtime.files import check_new_file, make_parents, save_png
+from runtime.runs import load
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(__doc__)
     ap.add_argument("mode", choices=["inpaint", "outpaint"])
     ap.add_argument("--full_path", "-f", required=True,
                     help="train.py checkpoint, train_latent.py full checkpoint, or an official one")
@@ -46,35 +46,26 @@ def build_parser():
     ap.add_argument("--canvas", default=None, help="outpaint: HxW of the result, multiples of the patch size")
     ap.add_argument("--place", default="center", help="outpaint: TOP,LEFT pixel of the image on the canvas, or center")
     ap.add_argument("--output", "-o", required=True, help="output PNG (with --num N: NAME_k.png)")
-    ap.add_argument("--num", type=int, default=1, help="number of results (seeds seed..seed+N-1)")
+    ap.add_argument("--num", type=positive_int, default=1, help="number of results (seeds seed..seed+N-1)")
+    ap.add_argument("--overwrite", action="store_true", help="replace existing output files")
     ap.add_argument("--code", default="auto",
                     help="auto (fit for code-table models, the image encoder for encoder models), fit, encoder, "
                          "latent (sampled from the latent DDPM: a full checkpoint), or index:N (training image N)")
-    ap.add_argument("--fit_steps", type=int, default=200, help="Adam steps of --code fit")
+    ap.add_argument("--fit_steps", type=positive_int, default=200, help="Adam steps of --code fit")
     ap.add_argument("--fit_lr", type=float, default=1e-2, help="Adam learning rate of --code fit")
-    ap.add_argument("--resample", type=int, default=5, help="RePaint resampling per step (1 = replacement only)")
-    ap.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50)")
+    ap.add_argument("--resample", type=positive_int, default=5,
+                    help="RePaint resampling per step (1 = replacement only)")
+    ap.add_argument("--steps", type=positive_int, default=None,
+                    help="DDIM steps (default: the checkpoint's sampling.steps, 50 for the paper's presets)")
     ap.add_argument("--cfg_scale", type=float, default=None, help="guidance w (default: the checkpoint's)")
     ap.add_argument("--wrap", default="", choices=["", "x", "y", "xy"], help="circular padding (panoramas, tiles)")
     ap.add_argument("--bands", default="auto", help="as test.py: auto, off, R or RxC tiles per band")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--raw", action="store_true", help="raw (non-EMA) weights")
+    ap.add_argument("--raw", action="store_true", help="raw (non-EMA) weights of every network in the checkpoint")
     ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default CUDA when present)")
     ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
                     help="sampling autocast (default bf16 on GPU, fp32 on CPU); code fitting runs in fp32")
     return ap
-
-
-def load_models(path, raw: bool):
-    """(net: PatchDM, cfg, latent or None, z_mean, z_std) from any checkpoint this project reads."""
-    obj = read_checkpoint(path)
-    if isinstance(obj, dict) and obj.get("format") == FULL_FORMAT:
-        return models_from_full(obj, raw)
-    official = not (isinstance(obj, dict) and "format" in obj)
-    del obj
-    net, cfg, _ = load_patch_model(path, ema=not raw)
-    latent = load_official_checkpoint(path, ema=not raw).latent_net if official else None
-    return net, cfg, latent, None, None
 
 
 def _pixels(path, convert, what: str) -> np.ndarray:
@@ -193,12 +184,19 @@ def choose_code(args, net, cfg, latent, z_mean, z_std, x, m, device, k: int):
     raise CLIError(f"--code {args.code!r}: use auto, fit, encoder, latent or index:N")
 
 
+def output_paths(out: Path, num: int) -> list:
+    """NAME.png for one result, NAME_k.png for --num N."""
+    return [out] if num == 1 else [out.with_name(f"{out.stem}_{k}{out.suffix or '.png'}") for k in range(num)]
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    paths = output_paths(Path(args.output), args.num)
+    for path in paths:
+        check_new_file(path, args.overwrite)
     device = pick_device(args.device)
-    if args.num < 1 or args.resample < 1:
-        raise CLIError("--num and --resample must be at least 1")
-    net, cfg, latent, z_mean, z_std = load_models(args.full_path, args.raw)
+    b = load(args.full_path, args.raw)
+    net, cfg, latent, z_mean, z_std = b.net, b.cfg, b.latent, b.z_mean, b.z_std
     p = cfg.model.patch_size
     image = read_image(args.image)
     if args.mode == "inpaint":
@@ -211,7 +209,7 @@ def main(argv=None) -> int:
         x, m, box = outpaint_canvas(image, parse_hw(args.canvas), args.place, p)
     if m.min() == 1:
         raise CLIError("nothing to generate: the mask keeps every pixel")
-    steps = args.steps or cfg.sampling.steps
+    steps = args.steps if args.steps is not None else cfg.sampling.steps
     try:
         space_timesteps(cfg.diffusion.num_timesteps, steps)
     except ValueError as e:
@@ -221,9 +219,7 @@ def main(argv=None) -> int:
     band_rows, band_cols = parse_bands(args.bands, 2 if w else 1, x.shape[-2:], p)
     net, x, m = net.to(device), x.to(device), m.to(device)
     latent = latent.to(device) if latent is not None else None
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for k in range(args.num):
+    for k, path in enumerate(paths):
         code = choose_code(args, net, cfg, latent, z_mean, z_std, x, m, device, k)
         g = torch.Generator().manual_seed(args.seed + k)
         x_T = torch.randn(x.shape, generator=g).to(device)
@@ -233,7 +229,7 @@ def main(argv=None) -> int:
                                      known=(x, m), resample=args.resample, seed=args.seed + k, progress=True,
                                      in_place=True)
         top, left, h, wd = box
-        path = out if args.num == 1 else out.with_name(f"{out.stem}_{k}{out.suffix or '.png'}")
+        make_parents(path)  # only once there is a result: a refused code or a failed sample leaves nothing
         save_png(img[0, :, top:top + h, left:left + wd], path)
         print(f"wrote {path}")
     return 0

@@ -6,46 +6,52 @@
     python test.py -f runs/exp_latent/checkpoints/last.pt -g pano --image_size 512x4096 --wrap x   # 360 panorama
     torchrun --nproc_per_node 8 test.py -f runs/exp_latent/checkpoints/last.pt -g out --img_num 50000 -b 8
 
-Image k is drawn from its own seed (seed, k), so it is the same whatever --batch_size and whatever the number of
-torchrun processes (rank r makes images r, r + world, ...); PNGs (k.png) are written as they are produced. EMA
-weights are used by default (the official script silently used the raw ones).
+Image k is drawn from its own seed (seed, k), so it is the same whatever --batch_size (up to float rounding: a
+different batch size can change a pixel by one grey level) and whatever the number of torchrun processes (rank r
+makes images r, r + world, ...); PNGs (k.png) are written as they are produced, and existing ones are never
+replaced unless --overwrite is given. Size, steps and guidance default to the checkpoint's config. EMA weights are
+used by default (the official script silently used the raw ones); --raw takes the raw weights of every network.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from configs import from_dict
 from diffusion import ddim_sample_canvas, ddim_sample_latent, space_timesteps
-from model import load_official_checkpoint, read_checkpoint
+from runtime.cli import ArgumentParser, check_divisible, parse_bands, parse_hw, positive_int
 from runtime.device import autocast, check_precision, device_type, pick_device, sampling_precision
-from runtime.errors import CLIError, check_divisible, parse_bands, parse_hw, run_cli
+from runtime.errors import CLIError, run_cli
 from runtime.fast import COMPILE_MODES, COMPILE_SCOPES, cast_weights, speed_up
-from runtime.files import save_png
+from runtime.files import make_parents, remove_empty, save_png
 from runtime import dist as D
-from runtime.runs import FULL_FORMAT, TRAIN_FORMAT, load_patch_model, models_from_full
+from runtime.runs import load
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
-    ap.add_argument("--batch_size", "-b", type=int, default=1, help="images per forward (default 1)")
+    ap = ArgumentParser(__doc__)
+    ap.add_argument("--batch_size", "-b", type=positive_int, default=1, help="images per forward (default 1)")
     ap.add_argument("--patch_size", "-ps", type=int, default=None, help="checked against the checkpoint if given")
     ap.add_argument("--output_dir", "-g", default="./output_images", help="folder for k.png")
-    ap.add_argument("--image_size", "-img", default=None, help="HxW, any multiple of the patch (default 512x1024)")
-    ap.add_argument("--img_num", type=int, default=50000, help="number of images (official 50000)")
+    ap.add_argument("--image_size", "-img", default=None,
+                    help="HxW, any multiple of the patch (default: the checkpoint's sampling.image_size, 512x1024 "
+                         "for the paper's 1024-wide presets)")
+    ap.add_argument("--img_num", type=positive_int, default=50000, help="number of images (official 50000)")
     ap.add_argument("--full_path", "-f", default="", help="full checkpoint from train_latent.py, or an official one")
     ap.add_argument("--semantic_enc", action="store_true", help="accepted for compatibility (read from checkpoint)")
     ap.add_argument("--seed", type=int, default=0, help="image k uses the seed (seed, k)")
-    ap.add_argument("--cfg_scale", type=float, default=None, help="guidance w: (1+w) eps_c - w eps_u (0 = none)")
-    ap.add_argument("--steps", type=int, default=None, help="patch DDIM steps (default 50)")
-    ap.add_argument("--latent_steps", type=int, default=None, help="latent DDIM steps (default 50)")
-    ap.add_argument("--raw", action="store_true", help="official: raw (non-EMA) weights of official checkpoints")
+    ap.add_argument("--cfg_scale", type=float, default=None,
+                    help="guidance w: (1+w) eps_c - w eps_u, 0 = none (default: the checkpoint's sampling.cfg_scale)")
+    ap.add_argument("--steps", type=positive_int, default=None,
+                    help="patch DDIM steps (default: the checkpoint's sampling.steps, 50 for the paper's presets)")
+    ap.add_argument("--latent_steps", type=positive_int, default=None,
+                    help="latent DDIM steps (default: the checkpoint's sampling.latent_steps, 50 for the paper's)")
+    ap.add_argument("--raw", action="store_true",
+                    help="raw (non-EMA) weights for every network in the checkpoint (U-Net and latent MLP); "
+                         "official: the official script always used them")
     ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default CUDA when present)")
     ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
                     help="autocast for the patch network (default bf16 on GPU, fp16 where bf16 is missing, fp32 on "
@@ -54,7 +60,8 @@ def build_parser():
                     help="torch.compile the U-Net (same images; pays on GPUs, see docs/BENCHMARKS.md)")
     ap.add_argument("--compile_scope", default="blocks", choices=list(COMPILE_SCOPES),
                     help="with --compile: every block on its own, or the encoder and decoder halves as whole graphs")
-    ap.add_argument("--skip_existing", action="store_true", help="keep PNGs already in --output_dir")
+    ap.add_argument("--skip_existing", action="store_true", help="keep PNGs already in --output_dir, make the rest")
+    ap.add_argument("--overwrite", action="store_true", help="replace PNGs already in --output_dir")
     ap.add_argument("--wrap", default="", choices=["", "x", "y", "xy"],
                     help="pad circularly instead of with zeros: x for seamless 360-degree panoramas, xy for tiles")
     ap.add_argument("--bands", default="auto",
@@ -64,25 +71,30 @@ def build_parser():
 
 
 def load_full(path, raw: bool):
-    """(unet, latent_net, cfg, z_mean, z_std) from this project's full checkpoint or an official latent one."""
+    """The Bundle to generate with: a full checkpoint (train_latent.py or official) or, for the no-code ablation,
+    a train.py checkpoint."""
     if not path:
         raise CLIError("--full_path is required: the checkpoint written by train_latent.py (or an official one)")
-    obj = read_checkpoint(path)
-    if isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT:
-        if from_dict(obj["config"]).model.code_source == "none":  # the no-code ablation needs no latent model
-            net, cfg, _ = load_patch_model(path, ema=not raw)
-            return net, None, cfg, None, None
-        raise CLIError(f"{path} is a train.py checkpoint without a latent model; run train_latent.py on it first")
-    if isinstance(obj, dict) and obj.get("format") == FULL_FORMAT:
-        net, cfg, latent, z_mean, z_std = models_from_full(obj, raw)
-        return net, latent, cfg, z_mean, z_std
-    del obj
-    loaded = load_official_checkpoint(path, ema=not raw)
-    if loaded.latent_net is None:
-        raise CLIError(f"{path} has no latent_net weights: pass the checkpoint written by train_latent.py")
-    from runtime.runs import official_config
-    # Faithful: the official test.py does not de-normalise (its latent net is trained without z-normalisation).
-    return loaded.unet, loaded.latent_net, official_config(loaded), None, None
+    bundle = load(path, raw)
+    if bundle.latent is None and bundle.cfg.model.code_source != "none":
+        raise CLIError(f"{path} is a Patch-DM checkpoint without a latent model; run train_latent.py on it first")
+    if bundle.latent is not None and bundle.cfg.model.code_source == "none":
+        bundle.latent = None
+    return bundle
+
+
+def output_plan(out: Path, n: int, skip_existing: bool, overwrite: bool) -> list:
+    """The image numbers to make; refuses to replace existing PNGs unless asked (--overwrite or --skip_existing)."""
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--output_dir {out} is a file, not a folder")
+    if skip_existing and overwrite:
+        raise CLIError("--skip_existing keeps existing PNGs and --overwrite replaces them: pass one of them")
+    there = [k for k in range(n) if (out / f"{k}.png").exists()]
+    if there and not (skip_existing or overwrite):
+        names = ", ".join(f"{k}.png" for k in there[:3]) + (", ..." if len(there) > 3 else "")
+        raise CLIError(f"{out} already holds {len(there)} of the {n} images ({names}): pass --skip_existing to keep "
+                       "them and make the rest, or --overwrite to replace them")
+    return [k for k in range(n) if not (skip_existing and k in set(there))]
 
 
 def per_image_noise(seed: int, k: int, code_dim: int, hw: tuple):
@@ -103,17 +115,16 @@ def main(argv=None) -> int:
 
 def generate(args, d: D.Dist) -> None:
     device = pick_device(args.device, d.local_rank)
-    unet, latent, cfg, z_mean, z_std = load_full(args.full_path, args.raw)
+    bundle = load_full(args.full_path, args.raw)
+    cfg, unet, latent, z_mean, z_std = bundle.cfg, bundle.net, bundle.latent, bundle.z_mean, bundle.z_std
     p = cfg.model.patch_size
     if args.patch_size and args.patch_size != p:
         raise CLIError(f"--patch_size {args.patch_size} does not match the checkpoint's patch size {p}")
     hw = parse_hw(args.image_size) if args.image_size else tuple(cfg.sampling.image_size)
     check_divisible(hw, p)
-    if args.img_num < 1 or args.batch_size < 1:
-        raise CLIError("--img_num and --batch_size must be at least 1")
     precision = check_precision(args.precision or sampling_precision(device), device)
-    steps = args.steps or cfg.sampling.steps
-    latent_steps = args.latent_steps or cfg.sampling.latent_steps
+    steps = args.steps if args.steps is not None else cfg.sampling.steps
+    latent_steps = args.latent_steps if args.latent_steps is not None else cfg.sampling.latent_steps
     w = cfg.sampling.cfg_scale if args.cfg_scale is None else args.cfg_scale
     for n, T in ((steps, cfg.diffusion.num_timesteps), (latent_steps, cfg.latent.num_timesteps)):
         try:
@@ -121,31 +132,41 @@ def generate(args, d: D.Dist) -> None:
         except ValueError as e:
             raise CLIError(f"{e} (try 10, 20, 25, 50, 100, ...)") from None
     band_rows, band_cols = parse_bands(args.bands, args.batch_size * (2 if w else 1), hw, p)
+    out = Path(args.output_dir)
+    todo = output_plan(out, args.img_num, args.skip_existing, args.overwrite)[d.rank::d.world]
+    D.barrier(d)  # every rank has read the folder before any writes to it
+    if d.main:
+        print(f"{hw[0]}x{hw[1]} images, {steps} DDIM steps" + (f" after {latent_steps} latent steps"
+                                                               if latent is not None else "")
+              + f", guidance {w}, {precision}, {'raw' if args.raw else 'EMA'} weights")
     # cast_weights: the same function in less memory
     unet = speed_up(cast_weights(unet.to(device), precision), args.compile, scope=args.compile_scope)
     latent = latent.to(device) if latent is not None else None
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    todo = [k for k in range(args.img_num) if not (args.skip_existing and (out / f"{k}.png").exists())]
-    todo = todo[d.rank::d.world]  # each rank its share; image k depends only on (seed, k)
+    created = make_parents(out / "0.png")
+    done = 0
     bar = tqdm(total=len(todo), desc="generate", unit="img", dynamic_ncols=True, disable=not d.main)
-    for start in range(0, len(todo), args.batch_size):
-        ks = todo[start:start + args.batch_size]
-        z_T, x_T = zip(*(per_image_noise(args.seed, k, cfg.model.code_dim, hw) for k in ks))
-        if latent is None:  # the no-code ablation: the zero code
-            code = torch.zeros(len(ks), cfg.model.code_dim, device=device)
-        else:
-            code = ddim_sample_latent(latent, torch.stack(z_T).to(device), steps=latent_steps)
-        if z_mean is not None:
-            code = code * z_std.to(device) + z_mean.to(device)
-        with autocast(device, precision):
-            img = ddim_sample_canvas(unet, torch.stack(x_T).to(device), code, steps=steps, patch_size=p, cfg_scale=w,
-                                     band_rows=band_rows, band_cols=band_cols, wrap=args.wrap,
-                                     collage=cfg.model.collage, seed=args.seed, in_place=True)
-        for k, x in zip(ks, img):
-            save_png(x, out / f"{k}.png")
-        bar.update(len(ks))
-    bar.close()
+    try:
+        for start in range(0, len(todo), args.batch_size):
+            ks = todo[start:start + args.batch_size]
+            z_T, x_T = zip(*(per_image_noise(args.seed, k, cfg.model.code_dim, hw) for k in ks))
+            if latent is None:  # the no-code ablation: the zero code
+                code = torch.zeros(len(ks), cfg.model.code_dim, device=device)
+            else:
+                code = ddim_sample_latent(latent, torch.stack(z_T).to(device), steps=latent_steps)
+            if z_mean is not None:
+                code = code * z_std.to(device) + z_mean.to(device)
+            with autocast(device, precision):
+                img = ddim_sample_canvas(unet, torch.stack(x_T).to(device), code, steps=steps, patch_size=p,
+                                         cfg_scale=w, band_rows=band_rows, band_cols=band_cols, wrap=args.wrap,
+                                         collage=cfg.model.collage, seed=args.seed, in_place=True)
+            for k, x in zip(ks, img):
+                save_png(x, out / f"{k}.png")
+            done += len(ks)
+            bar.update(len(ks))
+    finally:
+        bar.close()
+        if not done:
+            remove_empty(created)
     print(f"{'' if d.world == 1 else f'rank {d.rank}: '}wrote {len(todo)} image(s) of {hw[0]}x{hw[1]} to {out}")
 
 

@@ -10,9 +10,9 @@ atomically). Re-running the same command resumes exactly where last.pt left off.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,20 +21,25 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from configs import get_preset, override, set_patch_size, to_dict
-from dataset import DataError, build_dataset
+from configs import from_dict, get_preset, override, set_patch_size, to_dict, validate
+from dataset import build_dataset
 from diffusion import cfg_keep_masks, ddim_sample_canvas, default_schedule, sample_window
 from diffusion.patch import check_collage, window_crop, window_loss_terms
 from model import build_patchdm, count_params, read_checkpoint
 from runtime import dist as D
-from runtime.data import StepBatchSampler, make_loader
+from runtime.cli import ArgumentParser, check_divisible, nonnegative_int, positive_int, preset_help
+from runtime.data import SkipUnreadable, StepBatchSampler, check_stored_size, make_loader
 from runtime.device import autocast, check_precision, device_type, pick_device
 from runtime.ema import EMA
+from runtime.errors import CLIError, GracefulStop, children_ignore_sigint, run_cli
 from runtime.fast import set_checkpointing
-from runtime.errors import CLIError, check_divisible, run_cli
 from runtime.files import JsonlLog, atomic_save, atomic_write_text, save_grid
 from runtime.runs import TRAIN_FORMAT as FORMAT
 from runtime.runs import compatible_or_raise, load_code_table, restore_training
+
+# Settings a resumed run may change without --allow_change: how long and how it runs, not what it computes.
+FREE_ON_RESUME = ("training.max_steps", "training.save_every_samples", "training.sample_every_samples",
+                  "training.checkpointing", "training.checkpoint_levels", "data.num_workers", "sampling", "latent")
 
 
 class LossStep(nn.Module):
@@ -63,14 +68,12 @@ class LossStep(nn.Module):
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
-    ap.add_argument("--config", default="nature", help="preset (tiny, nature, lhq1024, ffhq1024, ffhq256, church256, "
-                                                       "bedroom256; -p128 / -p256 variants); default nature")
-    ap.add_argument("--batch_size", "-b", type=int, default=None, help="global batch (official default 96)")
+    ap = ArgumentParser(__doc__)
+    ap.add_argument("--config", default=None, help=preset_help("nature") + "; a resumed run keeps its own")
+    ap.add_argument("--batch_size", "-b", type=positive_int, default=None, help="global batch (official default 96)")
     ap.add_argument("--patch_size", "-ps", type=int, default=None, help="64, 128 or 256 (switches the architecture)")
     ap.add_argument("--data_path", "-d", default="./dataset", help="LMDB from img2lmdb.py, or an image folder")
-    ap.add_argument("--name", "-n", default="train", help="run name: runs/NAME/")
+    ap.add_argument("--name", "-n", default="train", help="run name: runs/NAME/ (an existing run is resumed)")
     ap.add_argument("--semantic_path", default="", help="code table from initialize.py (code-table presets)")
     ap.add_argument("--semantic_enc", action="store_true", help="train the image encoder instead of a code table")
     ap.add_argument("--cfg", action="store_true", help="classifier-free-guidance dropout (code 0.1, position 0.5)")
@@ -80,28 +83,43 @@ def build_parser():
     ap.add_argument("--no_position", action="store_true", help="ablation: no position embedding")
     ap.add_argument("--no_code", action="store_true", help="ablation: no semantic code (no table, no encoder, no "
                                                            "latent model needed to sample)")
-    ap.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
+    ap.add_argument("--max_steps", type=positive_int, default=None, help="stop after this many optimizer steps")
     ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
                     help="autocast precision (default: the preset's fp16 on GPU, fp32 on CPU)")
     ap.add_argument("--checkpointing", action="store_true",
                     help="activation checkpointing: recompute each block in backward (less memory, same gradients)")
-    ap.add_argument("--checkpoint_levels", type=int, default=None,
+    ap.add_argument("--checkpoint_levels", type=nonnegative_int, default=None,
                     help="with --checkpointing: only the N highest-resolution U-Net levels (0 = all; 2 is ~half the "
                          "recomputation for most of the memory saving, docs/BENCHMARKS.md)")
     ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default CUDA when present)")
-    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers per process")
-    ap.add_argument("--log_every", type=int, default=50, help="steps between stats.jsonl rows")
-    ap.add_argument("--save_every", type=int, default=None, help="samples between checkpoints (official 100000)")
-    ap.add_argument("--sample_every", type=int, default=None, help="samples between PNG grids (official 500000)")
+    ap.add_argument("--workers", type=nonnegative_int, default=None, help="DataLoader workers per process")
+    ap.add_argument("--log_every", type=positive_int, default=50, help="steps between stats.jsonl rows")
+    ap.add_argument("--save_every", type=positive_int, default=None,
+                    help="samples between checkpoints (official 100000)")
+    ap.add_argument("--sample_every", type=positive_int, default=None,
+                    help="samples between PNG grids (official 500000)")
     ap.add_argument("--runs_dir", default="runs", help="parent folder of run folders")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="extra config overrides")
+    ap.add_argument("--allow_change", default="", metavar="FIELD[,FIELD]",
+                    help="when resuming: accept new values for these fields (e.g. training.batch_size), which a "
+                         "resumed run otherwise refuses because they change what it means")
+    ap.add_argument("--allow_upscale", action="store_true",
+                    help="train even when the stored images are smaller than the preset's training size")
     ap.add_argument("--dry_run", action="store_true", help="print the resolved config and exit")
     return ap
 
 
-def resolve_config(args, device_type: str):
+def resolve_config(args, device_type: str, saved=None):
+    """The run's config: the preset (or, when resuming, the run's saved config), then the flags given and --set;
+    every value checked before any work starts."""
     try:
-        cfg = get_preset(args.config)
+        if saved is not None:
+            if args.config and args.config != saved.name:
+                raise CLIError(f"this run was trained with the {saved.name} preset; --config {args.config} cannot "
+                               "change it (use another --name)")
+            cfg = saved
+        else:
+            cfg = get_preset(args.config or "nature")
         if args.patch_size and args.patch_size != cfg.model.patch_size:
             set_patch_size(cfg, args.patch_size)
         cfg = override(cfg, args.set)
@@ -122,12 +140,6 @@ def resolve_config(args, device_type: str):
         cfg.model.collage = args.collage
     if args.no_position:
         cfg.model.use_position = False
-    try:
-        check_collage(cfg.model.collage)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-    if cfg.model.code_source not in ("table", "encoder", "none"):
-        raise CLIError(f"model.code_source {cfg.model.code_source!r}: choose table, encoder or none")
     for flag, field in [("batch_size", "batch_size"), ("max_steps", "max_steps"), ("save_every", "save_every_samples"),
                         ("sample_every", "sample_every_samples")]:
         if getattr(args, flag) is not None:
@@ -141,6 +153,10 @@ def resolve_config(args, device_type: str):
         t.precision = args.precision
     elif device_type == "cpu" and t.precision == "fp16":
         t.precision = "fp32"
+    try:
+        validate(cfg)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     check_divisible(cfg.data.image_size, cfg.model.patch_size, "training image size")
     return cfg
 
@@ -241,14 +257,15 @@ class Meter:
         self.acc[4:8].index_add_(0, q, per)
         self.acc[8:12].index_add_(0, q, torch.ones_like(per))
 
-    def row(self, d: D.Dist, step: int, batch: int) -> dict:
-        """Averages over ranks and steps since the last row; resets. Raises on a non-finite loss."""
+    def row(self, d: D.Dist, step: int, samples: int, batch: int) -> dict:
+        """Averages over ranks and steps since the last row; resets. Raises on a non-finite loss. ``samples`` is the
+        number of training images seen so far (batch sizes of earlier resumed segments included)."""
         tot = D.all_mean(self.acc, d) * d.world
         if tot[3] > 0:
             raise FloatingPointError(f"non-finite loss before step {step}")
         dt, n = time.time() - self.t0, tot[2].item() / d.world
         steps = tot[2].item()
-        row = dict(step=step, samples=step * batch, loss=(tot[0] + tot[1]).item() / steps,
+        row = dict(step=step, samples=samples, loss=(tot[0] + tot[1]).item() / steps,
                    shift=tot[0].item() / steps, noshift=tot[1].item() / steps,
                    loss_q=[round((tot[4 + i] / tot[8 + i]).item(), 6) if tot[8 + i] > 0 else None for i in range(4)],
                    sec_per_step=dt / n, images_per_s=n * batch / dt)
@@ -271,21 +288,27 @@ def optimizer_step(net, opt, scaler, loss, tc) -> torch.Tensor:
     return grad_norm
 
 
-def train(cfg, args, d: D.Dist, device):
-    run, tc = Path(args.runs_dir) / args.name, cfg.training
-    ckpt_path = run / "checkpoints" / "last.pt"
-    try:
-        data = build_dataset(args.data_path, cfg.data)
-    except DataError as e:
-        raise CLIError(str(e)) from None
-    resume = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
-    if resume is not None:
-        compatible_or_raise(resume, cfg, FORMAT, ckpt_path)
+def run_paths(args) -> tuple:
+    run = Path(args.runs_dir) / args.name
+    return run, run / "checkpoints" / "last.pt"
+
+
+def train(cfg, args, d: D.Dist, device, resume=None):
+    """Train (or resume) the run of ``args.name``; returns the final step. A new run whose first checkpoint was never
+    written is removed again if anything stops it, so a failed start leaves no half-made run folder; Ctrl-C (one
+    process) stops after the current step and saves the checkpoint."""
+    run, ckpt_path = run_paths(args)
+    tc = cfg.training
+    data = build_dataset(args.data_path, cfg.data)
+    check_stored_size(data, cfg, args.allow_upscale)
     net = set_checkpointing(build_net(cfg, args, data, resume).to(device), tc.checkpointing, tc.checkpoint_levels)
     ema = EMA(net, tc.ema_decay)
     opt = torch.optim.Adam(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
-    step = 0 if resume is None else restore_training(resume, net, ema, opt, scaler, "model", "ema")
+    step, samples = 0, 0
+    if resume is not None:
+        step = restore_training(resume, net, ema, opt, scaler, "model", "ema")
+        samples = resume.get("samples", step * from_dict(resume["config"]).training.batch_size)
     del resume
     b_local = tc.batch_size // d.world
     if b_local * d.world != tc.batch_size:
@@ -299,7 +322,23 @@ def train(cfg, args, d: D.Dist, device):
     # pixels; images stay whole for the image encoder, which sees the full image).
     crop = None if net.needs_image else (lambda s: window_at(cfg, s))
     sampler = StepBatchSampler(len(data), b_local, tc.seed, d.rank, d.world, step, crop, cfg.model.patch_size)
-    loader = iter(make_loader(data, sampler, cfg.data.num_workers, device.type == "cuda"))
+    with children_ignore_sigint():  # the workers never see Ctrl-C; this process stops them
+        loader = iter(make_loader(SkipUnreadable(data), sampler, cfg.data.num_workers, device.type == "cuda"))
+    new_run = not run.exists()
+    try:
+        with GracefulStop() as stop:
+            return _loop(cfg, args, d, device, data, net, ema, opt, scaler, step_fn, loader, step, samples,
+                         stop if d.world == 1 else None)
+    except BaseException:
+        if d.main and new_run and run.exists() and not ckpt_path.exists():
+            shutil.rmtree(run)  # everything in it was written by this call, and nothing can be resumed from it
+        raise
+
+
+def _loop(cfg, args, d, device, data, net, ema, opt, scaler, step_fn, loader, step, samples, stop):
+    run, ckpt_path = run_paths(args)
+    tc = cfg.training
+    b_local = tc.batch_size // d.world
     save_steps = max(1, math.ceil(tc.save_every_samples / tc.batch_size))
     sample_steps = max(1, math.ceil(tc.sample_every_samples / tc.batch_size))
     max_steps = tc.max_steps or 2_000_000_000 // tc.batch_size  # official: 2e9 samples
@@ -309,9 +348,26 @@ def train(cfg, args, d: D.Dist, device):
         print(f"run {run}: {len(data)} images, {count_params(net):,} parameters ({count_params(net.encoder):,} in "
               f"the code source), {tc.precision}, {d.world} process(es), from step {step}")
     log, meter, fixed = JsonlLog(run / "stats.jsonl"), Meter(device, cfg.diffusion.num_timesteps), None
+    unreadable = set()
+
+    def save():
+        atomic_save({"format": FORMAT, "config": to_dict(cfg), "step": step, "samples": samples,
+                     "num_codes": len(data), "model": net.state_dict(), "ema": ema.state_dict(),
+                     "opt": opt.state_dict(), "scaler": scaler.state_dict()}, ckpt_path)
+
     bar = tqdm(total=max_steps, initial=step, disable=not d.main, desc="train", unit="step", dynamic_ncols=True)
     while step < max_steps:
-        x0, index = (v.to(device, non_blocking=True) for v in next(loader))
+        if stop is not None and stop.requested:
+            bar.close()
+            save()
+            raise KeyboardInterrupt(f"stopped at step {step}; saved {ckpt_path}: re-run the same command to resume")
+        x0, index, problems = next(loader)
+        x0, index = x0.to(device, non_blocking=True), index.to(device, non_blocking=True)
+        for problem in set(problems) - unreadable - {""}:  # the loader put the next readable image in its place
+            unreadable.add(problem)
+            print(f"warning: skipped an unreadable image ({problem}); {len(unreadable)} so far", file=sys.stderr)
+            if d.main:
+                log.write(step=step, skipped_image=problem, skipped_images=len(unreadable))
         if fixed is None:  # the images whose codes the previews use
             idx = index[:4].tolist()
             fixed = (torch.stack([data[i][0] for i in idx]).to(device), index[:4].clone())
@@ -325,24 +381,25 @@ def train(cfg, args, d: D.Dist, device):
         ema.update(net)
         meter.add(shift.detach(), noshift.detach(), t)
         step += 1
+        samples += tc.batch_size
         bar.update(1)
         last = step == max_steps
         if step % args.log_every == 0 or last:
             try:
-                row = meter.row(d, step, tc.batch_size)
+                row = meter.row(d, step, samples, tc.batch_size)
             except FloatingPointError as e:
                 raise CLIError(f"{e}; stopping without saving. The last good checkpoint is {ckpt_path}"
                                + ("" if ckpt_path.exists() else " (none yet)")) from None
             row.update(grad_norm=float(grad_norm), lr=tc.lr, scale=scaler.get_scale() if scaler.is_enabled() else 1.0)
+            if unreadable:
+                row["skipped_images"] = len(unreadable)
             if d.main:
                 log.write(**row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", ips=f"{row['images_per_s']:.1f}")
         if d.main and (step % sample_steps == 0 or last):
             preview(ema.model, cfg, *fixed, device, run / "samples" / f"{step:07d}.png")
         if d.main and (step % save_steps == 0 or last):
-            atomic_save({"format": FORMAT, "config": to_dict(cfg), "step": step, "samples": step * tc.batch_size,
-                         "num_codes": len(data), "model": net.state_dict(), "ema": ema.state_dict(),
-                         "opt": opt.state_dict(), "scaler": scaler.state_dict()}, ckpt_path)
+            save()
     bar.close()
     return step
 
@@ -353,15 +410,23 @@ def main(argv=None) -> int:
     d = D.init_dist(device_type(device_name))
     try:
         device = pick_device(device_name, d.local_rank)
-        cfg = resolve_config(args, device.type)
+        _, ckpt_path = run_paths(args)
+        resume = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
+        if resume is not None and not (isinstance(resume, dict) and resume.get("format") == FORMAT):
+            raise CLIError(f"{ckpt_path} is not a {FORMAT} checkpoint of this project; use another --name")
+        saved = from_dict(resume["config"]) if resume is not None else None
+        cfg = resolve_config(args, device.type, saved)
+        if resume is not None:
+            allowed = [f.strip() for f in args.allow_change.split(",") if f.strip()]
+            compatible_or_raise(resume, cfg, FORMAT, ckpt_path, FREE_ON_RESUME, allowed)
         if args.dry_run:
             print(json.dumps(to_dict(cfg), indent=2))
             return 0
         check_precision(cfg.training.precision, device)
         default_schedule()  # build the float64 constants once, before the loop
-        step = train(cfg, args, d, device)
+        step = train(cfg, args, d, device, resume)
         if d.main:
-            print(f"done: step {step}, checkpoint {Path(args.runs_dir) / args.name / 'checkpoints' / 'last.pt'}")
+            print(f"done: step {step}, checkpoint {ckpt_path}")
     finally:
         D.cleanup(d)
     return 0

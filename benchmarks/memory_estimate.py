@@ -30,7 +30,7 @@ from configs import get_preset
 from diffusion import ddim_sample_canvas, default_schedule
 from model import build_patchdm, build_unet
 from runtime.device import DTYPES
-from runtime.errors import parse_bands, parse_hw
+from runtime.cli import parse_bands, parse_hw
 from runtime.fast import cast_weights, set_checkpointing
 
 BLOCK = 512  # bytes: the CUDA caching allocator rounds every allocation up to this

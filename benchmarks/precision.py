@@ -21,7 +21,7 @@ from configs import get_preset
 from diffusion import guided_canvas_eps
 from model import build_unet
 from runtime.device import DTYPES, autocast, pick_device
-from runtime.errors import parse_hw
+from runtime.cli import parse_hw
 from runtime.fast import speed_up
 
 

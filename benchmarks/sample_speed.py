@@ -19,7 +19,7 @@ from configs import get_preset
 from diffusion import ddim_sample_canvas
 from model import build_unet
 from runtime.device import autocast, pick_device
-from runtime.errors import parse_bands, parse_hw
+from runtime.cli import parse_bands, parse_hw
 from runtime.fast import COMPILE_SCOPES, cast_weights, speed_up
 
 

@@ -221,8 +221,37 @@ def from_dict(d: dict, cls=Config):
     return cls(**kwargs)
 
 
+def _typed(value, default, name: str):
+    """``value`` checked (and converted where lossless) against the type of the field's default."""
+    def bad(kind):
+        return ValueError(f"{name}={value!r}: expected {kind}")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("True or False")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise bad("a string")
+    elif isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad("a list, e.g. [1, 2]")
+        inner = type(default[0]) if default else None
+        if inner in (int, float) and not all(isinstance(v, (int, float)) and not isinstance(v, bool) and
+                                             (inner is float or isinstance(v, int)) for v in value):
+            raise bad(f"a list of {'integers' if inner is int else 'numbers'}")
+        value = tuple(value)
+    return value
+
+
 def override(cfg: Config, assignments) -> Config:
-    """Apply ``section.field=value`` strings (value parsed as a Python literal, else kept as a string)."""
+    """Apply ``section.field=value`` strings (value parsed as a Python literal, else kept as a string), each checked
+    against the field's type; ValueError names the first bad one."""
     cfg = copy.deepcopy(cfg)
     for item in assignments:
         path, sep, raw = item.partition("=")
@@ -240,7 +269,74 @@ def override(cfg: Config, assignments) -> Config:
             value = ast.literal_eval(raw.strip())
         except (ValueError, SyntaxError):
             value = raw.strip()
-        if isinstance(getattr(obj, leaf), tuple) and isinstance(value, list):
-            value = tuple(value)
-        setattr(obj, leaf, value)
+        setattr(obj, leaf, _typed(value, getattr(obj, leaf), path.strip()))
+    return cfg
+
+
+TRANSFORMS = ("nature", "resize", "resize_crop")
+CODE_SOURCES = ("table", "encoder", "none")
+COLLAGES = ("feature", "pixel_fixed", "pixel_random", "none")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def validate(cfg: Config) -> Config:
+    """Check every field's range (types are checked by ``override``); ValueError names the first bad field and the
+    values it accepts. Run before any work starts, so a bad value never costs a half-made run."""
+    def check(ok, name, value, want):
+        if not ok:
+            raise ValueError(f"{name}={value!r}: {want}")
+
+    def at_least(section, low, *names, kind="at least"):
+        for n in names:
+            v = getattr(getattr(cfg, section), n)
+            check(v >= low if kind == "at least" else v > low, f"{section}.{n}", v, f"must be {kind} {low}")
+
+    def pair(name, v):
+        check(len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v), name, v,
+              "must be two positive integers [H, W]")
+
+    def unit(section, *names, closed=True):
+        for n in names:
+            v = getattr(getattr(cfg, section), n)
+            check(0 <= v <= 1 if closed else 0 <= v < 1, f"{section}.{n}", v,
+                  f"must be in [0, 1{']' if closed else ')'}")
+
+    m, d, t, lat, s = cfg.model, cfg.diffusion, cfg.training, cfg.latent, cfg.sampling
+    at_least("model", 1, "model_channels", "num_res_blocks", "code_dim", "encoder_channels")
+    check(m.patch_size >= 2 and m.patch_size % 2 == 0, "model.patch_size", m.patch_size,
+          "must be an even number of at least 2 (the canvas is padded by half a patch)")
+    for n in ("embed_channels", "pos_sinusoid"):
+        v = getattr(m, n)
+        check(v >= 2 and v % 2 == 0, f"model.{n}", v, "must be an even number of at least 2")
+    for n in ("channel_mult", "encoder_mult"):
+        v = getattr(m, n)
+        check(len(v) >= 1 and all(isinstance(x, int) and x >= 1 for x in v), f"model.{n}", v,
+              "must be a non-empty list of positive integers")
+    unit("model", "dropout", closed=False)
+    check(m.code_source in CODE_SOURCES, "model.code_source", m.code_source, f"choose {', '.join(CODE_SOURCES)}")
+    check(m.collage in COLLAGES, "model.collage", m.collage, f"choose {', '.join(COLLAGES)}")
+    at_least("diffusion", 1, "num_timesteps")
+    check(0 < d.beta_start <= d.beta_end < 1, "diffusion.beta_start/beta_end", (d.beta_start, d.beta_end),
+          "need 0 < beta_start <= beta_end < 1")
+    pair("data.image_size", cfg.data.image_size)
+    pair("data.resize", cfg.data.resize)
+    check(cfg.data.transform in TRANSFORMS, "data.transform", cfg.data.transform, f"choose {', '.join(TRANSFORMS)}")
+    at_least("data", 0, "num_workers")
+    at_least("training", 1, "batch_size", "save_every_samples", "sample_every_samples")
+    at_least("training", 0, "weight_decay", "code_grad_scale", "max_steps", "checkpoint_levels", "seed")
+    at_least("training", 0, "lr", "grad_clip", kind="above")
+    unit("training", "ema_decay", "cfg_code_drop", "cfg_pos_drop")
+    check(t.precision in PRECISIONS, "training.precision", t.precision, f"choose {', '.join(PRECISIONS)}")
+    at_least("latent", 1, "hidden", "num_timesteps", "batch_size", "total_samples", "save_every_samples")
+    at_least("latent", 2, "num_layers")
+    at_least("latent", 0, "weight_decay")
+    at_least("latent", 0, "lr", "grad_clip", kind="above")
+    check(lat.time_sinusoid >= 2 and lat.time_sinusoid % 2 == 0, "latent.time_sinusoid", lat.time_sinusoid,
+          "must be an even number of at least 2")
+    check(0 < lat.beta < 1, "latent.beta", lat.beta, "must be in (0, 1)")
+    unit("latent", "ema_decay")
+    pair("sampling.image_size", s.image_size)
+    check(1 <= s.steps <= d.num_timesteps, "sampling.steps", s.steps, f"must be in 1..{d.num_timesteps}")
+    check(1 <= s.latent_steps <= lat.num_timesteps, "sampling.latent_steps", s.latent_steps,
+          f"must be in 1..{lat.num_timesteps}")
     return cfg

@@ -106,11 +106,14 @@ def load_official_checkpoint(path, ema: bool = True, trust_pickle: bool = False)
     ``.codes`` ([N, 512] or None) and ``.patch_size``; modules in eval mode, fp32, on the CPU.
     Deviation: ema=True (the default) takes the ``ema_model.`` weights; the official test.py used ``model.``.
     """
-    ckpt = read_checkpoint(path, trust_pickle=trust_pickle)
+    return official_modules(read_checkpoint(path, trust_pickle=trust_pickle), path, ema)
+
+
+def official_modules(ckpt, path, ema: bool = True) -> LoadedModel:
+    """``load_official_checkpoint`` on an already-read file (``read_checkpoint``), so callers read it once."""
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
     sd = tensor_dict(split_official_state(tensor_dict(state, f"{path}: state_dict"), ema), f"{path}: weights")
     sd = {k: v.float() for k, v in sd.items()}
-
     groups = {"unet": {}, "encoder": {}, "latent": {}}
     codes, unknown = None, []
     for k, v in sd.items():

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .errors import CLIError
+from .errors import CLIError, UserError
 
 
 class StepBatchSampler(Sampler):
@@ -47,3 +47,46 @@ class StepBatchSampler(Sampler):
 def make_loader(dataset, sampler: StepBatchSampler, num_workers: int, pin: bool) -> DataLoader:
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin,
                       persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)
+
+
+class SkipUnreadable(Dataset):
+    """Training view of an ImageDataset that survives a damaged image: an item that cannot be read is replaced by
+    the next readable image in index order (so a batch is still a function of the step), and the reason travels
+    with the batch for the log. Items are (image, index, problem) with problem '' for a good image; the index is the
+    image actually returned, so its semantic code matches it."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, item):
+        windowed = isinstance(item, (tuple, list))
+        index = item[0] if windowed else item
+        problem = ""
+        for k in range(len(self.data)):
+            j = (index + k) % len(self.data)
+            try:
+                x, i = self.data[(j, *item[1:]) if windowed else j]
+                return x, i, problem
+            except UserError as e:
+                problem = problem or str(e)
+        raise UserError(f"no image of {getattr(self.data, 'path', 'the dataset')} can be read ({problem})")
+
+
+def check_stored_size(data, cfg, allow_upscale: bool = False, probes: int = 8) -> None:
+    """Refuse a dataset whose stored images are smaller than the preset's training images (they would be
+    upscaled: usually a forgotten --config), looking at ``probes`` images spread over the dataset."""
+    h, w = cfg.data.image_size
+    n = len(data)
+    for i in sorted({round(k * (n - 1) / max(1, probes - 1)) for k in range(min(n, probes))}):
+        try:
+            sh, sw = data.stored_size(i)
+        except UserError:
+            continue  # unreadable: skipped during training like any other
+        if (sh < h or sw < w) and not allow_upscale:
+            raise CLIError(f"{data.path} stores {sh}x{sw} images (image {i}), smaller than the {h}x{w} training "
+                           f"images of the {cfg.name} preset: they would be upscaled. Pass the preset the data was "
+                           "packed for (--config), re-pack the photos with img2lmdb.py --config "
+                           f"{cfg.name}, or pass --allow_upscale")

@@ -46,6 +46,12 @@ def all_mean(value: torch.Tensor, d: Dist) -> torch.Tensor:
     return value
 
 
+def barrier(d: Dist) -> None:
+    """Wait for every rank (nothing with one process)."""
+    if d.enabled:
+        dist.barrier()
+
+
 def cleanup(d: Dist) -> None:
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()

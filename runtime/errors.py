@@ -1,59 +1,78 @@
-"""One-line errors for the command-line scripts."""
+"""User-facing errors: one line on stderr and exit status 2, whatever raised them and wherever (DataLoader workers
+included)."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 
 from model.safe_load import CheckpointError
 
 
-class CLIError(Exception):
-    """A user-facing problem: printed as one line, exit status 2."""
+class UserError(Exception):
+    """A problem the user can act on (bad input, a missing or damaged file): printed as one line, exit status 2."""
+
+
+class CLIError(UserError):
+    """A bad command line, or a file that does not fit what the command was asked to do."""
+
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line. An error re-raised by a DataLoader worker carries the worker's whole
+    traceback ("Caught DataError in DataLoader worker process 0. Original Traceback ... DataError: message"): only
+    the original message is kept."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        name = type(e).__name__
+        text = last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(e).__name__
 
 
 def run_cli(main, argv=None) -> int:
-    """Call main(argv); user errors become 'error: ...' on stderr and exit status 2, Ctrl-C exit status 130."""
+    """Call main(argv). User errors print 'error: ...' on stderr (one line) and return 2; Ctrl-C prints one line
+    and returns 130 (the scripts clean up what they were writing before the interrupt reaches here)."""
     try:
         return main(argv) or 0
-    except (CLIError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UserError, CheckpointError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print("interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         return 130
 
 
-def parse_hw(text: str) -> tuple:
-    """'512x1024' -> (512, 1024)."""
+@contextlib.contextmanager
+def children_ignore_sigint():
+    """Processes started inside this block (DataLoader workers, pools) ignore Ctrl-C from their first instruction
+    (an ignored signal stays ignored in a child), so only the main process reacts to it and no worker prints a
+    traceback; the main process stops them as it exits."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise CLIError(f"image size {text!r} is not of the form HxW, e.g. 512x1024") from None
-    if h <= 0 or w <= 0:
-        raise CLIError(f"image size {text!r} must be positive")
-    return h, w
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
-def parse_bands(text: str, batch: int, hw: tuple, p: int) -> tuple:
-    """--bands: 'auto' (bounded memory), 'off' (all patches at once, the official way), 'R' or 'RxC' tiles per band.
-    Returns (band_rows, band_cols) for the samplers."""
-    from diffusion import auto_band
-    text = text.lower()
-    if text == "auto":
-        return auto_band(batch, hw[0] // p, hw[1] // p)
-    if text == "off":
-        return None, None
-    try:
-        parts = [int(v) for v in text.split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) not in (1, 2) or min(parts) < 1:
-        raise CLIError(f"--bands {text!r}: use auto, off, R or RxC (tile rows x tile columns per band), e.g. 1x32")
-    return parts[0], parts[1] if len(parts) == 2 else None
+class GracefulStop:
+    """Ctrl-C asks a loop to stop at its next safe point (``requested``) instead of interrupting it mid-step; a
+    second Ctrl-C interrupts at once. Use as a context manager around the loop."""
 
+    def __init__(self, message: str = "stopping after this step (Ctrl-C again to stop at once)"):
+        self.requested, self.message, self._previous = False, message, None
 
-def check_divisible(hw: tuple, p: int, what: str = "image size") -> None:
-    h, w = hw
-    if h % p or w % p:
-        raise CLIError(f"{what} {h}x{w} is not divisible by the patch size {p}: both height {h} and width {w} must "
-                       f"be multiples of {p}")
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{self.message}", file=sys.stderr)
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._previous)
+        return False

@@ -32,9 +32,46 @@ def atomic_save(obj, path) -> None:
 def atomic_write_text(text: str, path) -> None:
     path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def check_new_file(path, overwrite: bool, flag: str = "--overwrite") -> None:
+    """Refuse (CLIError) an output file that exists, unless ``overwrite``; a folder in its place is always refused.
+    Called before any work starts, so a refused command has done nothing."""
+    from .errors import CLIError
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CLIError(f"output {path} is a folder; give a file name")
+    if os.path.lexists(path) and not overwrite:
+        raise CLIError(f"output {path} already exists; pass {flag} to replace it")
+
+
+def make_parents(path) -> list:
+    """Create the missing parent folders of ``path``; returns those created (outermost first) so that a failed
+    command can remove them again with ``remove_empty``."""
+    missing, parent = [], os.path.dirname(os.path.abspath(os.fspath(path)))
+    while parent and not os.path.exists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for d in reversed(missing):
+        os.mkdir(d)
+    return list(reversed(missing))
+
+
+def remove_empty(folders) -> None:
+    """Remove the given folders, innermost first, where they are empty (folders this command created)."""
+    for d in reversed(list(folders)):
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
 
 
 class JsonlLog:

@@ -1,12 +1,28 @@
-"""Reading this project's run files: code tables and checkpoints, with one-line errors."""
+"""This project's checkpoint files and code tables: one loader for every file a script may be given.
+
+Formats that load (everywhere a checkpoint is taken):
+  patchdm-train-v1   train.py's last.pt: {format, config, step, samples, num_codes, model (raw), ema, opt, scaler}
+  patchdm-full-v1    train_latent.py's last.pt: the latent MLP (latent = EMA, latent_raw) and the Patch-DM weights its
+                     codes came from (patch_model, which = patch_weights); since this version also patch_model_raw
+                     and patch_step. Older full files without them still load (no --raw for their U-Net).
+  official           a Lightning file of the official code (model. / ema_model. weights, optionally latent_net.),
+                     converted once, at load, into the train (or full) dict above.
+"""
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
+
 import torch
 
-from configs import from_dict, to_dict
+from configs import from_dict, get_preset, set_patch_size, to_dict
 from model.safe_load import read_checkpoint
 from .errors import CLIError
+
+TRAIN_FORMAT = "patchdm-train-v1"
+FULL_FORMAT = "patchdm-full-v1"
+TABLE_KEY = "encoder.semantic_enc.weight"
 
 
 def load_code_table(path) -> torch.Tensor:
@@ -16,112 +32,192 @@ def load_code_table(path) -> torch.Tensor:
     if isinstance(obj, dict) and "model_state_dict" in obj:
         obj = obj["model_state_dict"]
     if isinstance(obj, dict):
-        obj = obj.get("semantic_enc.weight", obj.get("encoder.semantic_enc.weight"))
+        obj = obj.get("semantic_enc.weight", obj.get(TABLE_KEY))
     if not isinstance(obj, torch.Tensor) or obj.ndim != 2:
         raise CLIError(f"{path} holds no [N, D] code table (expected {{'model_state_dict': "
                        "{'semantic_enc.weight': tensor}}, as initialize.py writes)")
     return obj.float()
 
 
-def _diff(a: dict, b: dict, prefix: str = "") -> list:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        seqs = isinstance(va, (list, tuple)) and isinstance(vb, (list, tuple))
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _diff(va, vb, f"{prefix}{k}.")
-        elif va != vb and not (seqs and list(va) == list(vb)):
-            out.append(f"{prefix}{k}={va!r} in the checkpoint, {vb!r} now")
-    return out
+def config_changes(saved, now) -> list:
+    """[(dotted field, saved value, new value)] for every field in which two configs differ."""
+    def walk(a, b, prefix):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            va, vb = a.get(k), b.get(k)
+            if isinstance(va, dict) and isinstance(vb, dict):
+                out += walk(va, vb, f"{prefix}{k}.")
+            elif va != vb and not (isinstance(va, (list, tuple)) and isinstance(vb, (list, tuple))
+                                   and list(va) == list(vb)):
+                out.append((f"{prefix}{k}", va, vb))
+        return out
+
+    return walk(to_dict(saved), to_dict(now), "")
 
 
-def compatible_or_raise(ckpt: dict, cfg, fmt: str, path) -> None:
-    """Refuse to resume a checkpoint of another format, architecture or image size (naming the fields)."""
+def _within(name: str, sections) -> bool:
+    return any(name == s or name.startswith(s + ".") for s in sections)
+
+
+def _described(changes) -> str:
+    return "; ".join(f"{n}={a!r} in the checkpoint, {b!r} now" for n, a, b in changes[:6])
+
+
+# Never changed by resuming: what the network is and what it is trained on.
+FIXED_ON_RESUME = ("name", "model", "data.image_size")
+
+
+def compatible_or_raise(ckpt: dict, cfg, fmt: str, path, free=None, allowed=()) -> None:
+    """Refuse to resume a checkpoint of another format, architecture or image size, naming the fields. With ``free``
+    (sections or fields that may change: how long and how the run executes), every other change of meaning (batch
+    size, precision, learning rate, seed, ...) is refused too, unless its field is in ``allowed``."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
         raise CLIError(f"{path} is not a {fmt} checkpoint of this project")
-    saved = to_dict(from_dict(ckpt["config"]))  # fields added since the checkpoint take their defaults
-    now = to_dict(cfg)
-    problems = _diff({"model": saved["model"], "data.image_size": saved["data"]["image_size"]},
-                     {"model": now["model"], "data.image_size": now["data"]["image_size"]})
-    if problems:
-        raise CLIError(f"{path} was trained with other settings ({'; '.join(problems[:6])}); use the same settings "
+    changes = config_changes(from_dict(ckpt["config"]), cfg)  # fields added since the checkpoint take defaults
+    fixed = [c for c in changes if _within(c[0], FIXED_ON_RESUME)]
+    if fixed:
+        raise CLIError(f"{path} was trained with other settings ({_described(fixed)}); use the same settings "
                        "or another --name")
-
-
-def config_of(ckpt: dict):
-    return from_dict(ckpt["config"])
-
-
-TRAIN_FORMAT = "patchdm-train-v1"
-FULL_FORMAT = "patchdm-full-v1"
+    if free is None:
+        return
+    meaning = [c for c in changes if not _within(c[0], free) and not _within(c[0], allowed)]
+    if meaning:
+        names = ",".join(n for n, _, _ in meaning)
+        raise CLIError(f"resuming {path} with other settings ({_described(meaning)}) would change what the run "
+                       f"means; leave them out to continue as before, pass --allow_change {names} to change them, "
+                       "or use another --name")
 
 
 def official_config(loaded):
     """A config describing an official checkpoint's architecture (the nature preset's other settings)."""
-    from configs import get_preset, set_patch_size
     cfg = set_patch_size(get_preset("nature"), loaded.patch_size)
     cfg.model.code_source = "table" if loaded.encoder is None else "encoder"
+    if loaded.latent_net is not None:
+        lat = loaded.latent_net
+        cfg.latent.hidden, cfg.latent.num_layers = lat.layers[0].linear.out_features, len(lat.layers)
+        cfg.latent.time_sinusoid = lat.time_sinusoid
     return cfg
 
 
-def warn_young_ema(path, step: int, decay: float, limit: float = 0.05) -> None:
+def _patchdm_state(loaded) -> dict:
+    """The PatchDM state dict (official key layout) of an official LoadedModel."""
+    sd = dict(loaded.unet.state_dict())
+    if loaded.encoder is not None:
+        sd.update({"encoder." + k: v for k, v in loaded.encoder.state_dict().items()})
+    elif loaded.codes is not None:
+        sd[TABLE_KEY] = loaded.codes
+    return sd
+
+
+def convert_official(obj, path) -> dict:
+    """An official checkpoint (already read) as this project's dict: the train format, or the full format when it
+    holds a latent MLP, with both the EMA (ema_model.) and the raw (model.) weights where the file has them."""
+    from model.official import official_modules
+    from model.safe_load import CheckpointError
+    found = {}
+    for which, ema in (("ema", True), ("raw", False)):
+        try:
+            found[which] = official_modules(obj, path, ema)
+        except CheckpointError as e:
+            if "no ema_model.* weights" not in str(e) and "no model.* weights" not in str(e):
+                raise
+    if not found:
+        raise CLIError(f"{path} holds neither model.* nor ema_model.* weights")
+    main = found.get("ema") or found["raw"]
+    if main.encoder is None and main.codes is None:
+        raise CLIError(f"{path} has neither a code table nor an image encoder")
+    cfg = official_config(main)
+    step = obj.get("global_step") if isinstance(obj, dict) else None
+    step = step if isinstance(step, int) else None
+    ck = {"format": TRAIN_FORMAT, "config": to_dict(cfg), "step": step, "official": True,
+          "model": _patchdm_state(found[("raw" if "raw" in found else "ema")]),
+          "ema": _patchdm_state(main), "has_raw": "raw" in found, "has_ema": "ema" in found}
+    if main.latent_net is not None:
+        # Faithful: the official latent MLP is trained on the raw table and sampled with its EMA (spec §8).
+        ck = {"format": FULL_FORMAT, "config": ck["config"], "official": True, "step": step,
+              "patch_model": ck["ema"], "patch_weights": "ema", "patch_model_raw": ck["model"],
+              "latent": main.latent_net.state_dict(),
+              "latent_raw": found.get("raw", main).latent_net.state_dict()}
+    return ck
+
+
+def read_project_checkpoint(path) -> dict:
+    """Any checkpoint file as this project's dict (format TRAIN_FORMAT or FULL_FORMAT): official files converted."""
+    obj = read_checkpoint(path)
+    if isinstance(obj, dict) and obj.get("format") in (TRAIN_FORMAT, FULL_FORMAT):
+        return obj
+    if isinstance(obj, dict) and "format" in obj:
+        raise CLIError(f"{path} is a checkpoint of format {obj['format']!r}, which this version cannot read")
+    return convert_official(obj, path)
+
+
+def warn_young_ema(path, step, decay: float, what: str = "", limit: float = 0.05) -> None:
     """Say so on stderr when an EMA still holds more than ``limit`` of the initial weights (decay ** step): with the
     zero-initialised output convs such weights sample noise (the official constant 0.9999 needs ~30k steps)."""
-    import sys
+    if step is None:
+        return
     left = decay ** step
     if left > limit:
-        print(f"warning: {path} is at step {step}; its EMA (decay {decay}) still holds {left:.0%} of the initial "
-              "weights, so samples from it can be noise. Use the raw weights (test.py / paint.py --raw, "
+        print(f"warning: {path}{what} is at step {step}; its EMA (decay {decay}) still holds {left:.0%} of the "
+              "initial weights, so samples from it can be noise. Use the raw weights (test.py / paint.py --raw, "
               "train_latent.py --weights raw) or train longer.", file=sys.stderr)
 
 
-def load_patch_model(path, ema: bool = True):
-    """(net, cfg, ckpt) from this project's train.py checkpoint or an official Patch-DM checkpoint.
-
-    net is a PatchDM (U-Net + code table or image encoder) in eval mode on the CPU, with the EMA weights unless
-    ema=False; ckpt is the raw dict for this project's files, None for official ones.
-    """
-    from model import PatchDM, build_patchdm, load_official_checkpoint
-    from model.encoder import CodeTable
-    from model.official import UNET_PREFIXES
-    obj = read_checkpoint(path)
-    if isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT:
-        cfg = config_of(obj)
-        sd = obj["ema" if ema else "model"]
-        if ema:
-            warn_young_ema(path, obj["step"], cfg.training.ema_decay)
-        n = sd["encoder.semantic_enc.weight"].shape[0] if "encoder.semantic_enc.weight" in sd else None
-        net = build_patchdm(cfg.model, n)
-        net.load_state_dict(sd)
-        return net.eval(), cfg, obj
-    if isinstance(obj, dict) and obj.get("format") == FULL_FORMAT:
-        raise CLIError(f"{path} is a latent (full) checkpoint; pass the Patch-DM checkpoint from train.py")
-    del obj
-    loaded = load_official_checkpoint(path, ema=ema)
-    cfg = official_config(loaded)
-    if loaded.encoder is None and loaded.codes is None:
-        raise CLIError(f"{path} has neither a code table nor an image encoder")
-    enc = loaded.encoder if loaded.encoder is not None else CodeTable(*loaded.codes.shape, init=loaded.codes)
-    from model import unet_kwargs
-    net = PatchDM(enc, **unet_kwargs(cfg.model))
-    net.load_state_dict({**loaded.unet.state_dict(), **{"encoder." + k: v for k, v in enc.state_dict().items()}})
-    assert all(k.startswith(UNET_PREFIXES) or k.startswith("encoder.") for k in net.state_dict())
-    return net.eval(), cfg, None
+@dataclass
+class Bundle:
+    """Everything a script samples with: the Patch-DM network (U-Net + code source; eval mode, CPU), its config, the
+    latent MLP of a full checkpoint (else None) and the code statistics to undo z-normalisation (else None)."""
+    net: torch.nn.Module
+    cfg: object
+    latent: torch.nn.Module | None = None
+    z_mean: torch.Tensor | None = None
+    z_std: torch.Tensor | None = None
+    kind: str = "train"  # train | full
+    step: int | None = None  # the Patch-DM network's training step, where known
 
 
-def models_from_full(obj: dict, raw: bool = False):
-    """(net: PatchDM, cfg, latent_net, z_mean, z_std) of a train_latent.py full checkpoint dict (eval mode, CPU).
+def _patch_weights(ck: dict, raw: bool, path) -> tuple:
+    """(state dict, EMA-or-raw) of the Patch-DM network of a project checkpoint dict."""
+    if ck["format"] == TRAIN_FORMAT:
+        if ck.get("official") and not ck["has_raw" if raw else "has_ema"]:
+            raise CLIError(f"{path} has no {'raw (model.*)' if raw else 'EMA (ema_model.*)'} weights: "
+                           + ("drop --raw" if raw else "pass --raw"))
+        return ck["model" if raw else "ema"], "raw" if raw else "ema"
+    which = ck.get("patch_weights", "ema")
+    if raw and which != "raw":
+        if "patch_model_raw" not in ck:
+            raise CLIError(f"{path} holds only the {which} Patch-DM weights (written before full checkpoints kept "
+                           "the raw ones): re-run train_latent.py on the train.py checkpoint, or drop --raw")
+        return ck["patch_model_raw"], "raw"
+    return ck["patch_model"], which
 
-    raw=True takes the latent model's raw weights instead of its EMA."""
+
+def load(path, raw: bool = False) -> Bundle:
+    """The Bundle of any checkpoint this project reads (see the module docstring). raw=True takes the raw weights of
+    every network in the file (Patch-DM and latent MLP) instead of their EMA; a young EMA is reported on stderr."""
+    return bundle_of(read_project_checkpoint(path), path, raw)
+
+
+def bundle_of(ck: dict, path, raw: bool = False) -> Bundle:
+    """``load`` on a checkpoint dict already read by ``read_project_checkpoint``."""
     from model import build_latent, build_patchdm
-    cfg = from_dict(obj["config"])
-    sd = obj["patch_model"]
-    n = sd["encoder.semantic_enc.weight"].shape[0] if "encoder.semantic_enc.weight" in sd else None
-    net = build_patchdm(cfg.model, n)
+    cfg = from_dict(ck["config"])
+    sd, which = _patch_weights(ck, raw, path)
+    full = ck["format"] == FULL_FORMAT
+    step = ck.get("patch_step") if full else ck.get("step")
+    if which == "ema":
+        warn_young_ema(path, step, cfg.training.ema_decay, " (Patch-DM network)" if full else "")
+    net = build_patchdm(cfg.model, sd[TABLE_KEY].shape[0] if TABLE_KEY in sd else None)
     net.load_state_dict(sd)
-    latent = build_latent(cfg.latent, cfg.model.code_dim)
-    latent.load_state_dict(obj["latent_raw" if raw else "latent"])
-    return net.eval(), cfg, latent.eval(), obj.get("z_mean"), obj.get("z_std")
+    bundle = Bundle(net.eval(), cfg, step=step)
+    if full:
+        if not raw:
+            warn_young_ema(path, ck.get("step"), cfg.latent.ema_decay, " (latent MLP)")
+        latent = build_latent(cfg.latent, cfg.model.code_dim)
+        latent.load_state_dict(ck["latent_raw" if raw else "latent"])
+        bundle.latent, bundle.kind = latent.eval(), "full"
+        bundle.z_mean, bundle.z_std = ck.get("z_mean"), ck.get("z_std")
+    return bundle
 
 
 def restore_training(ckpt: dict, model, ema, opt, scaler, model_key: str, ema_key: str) -> int:

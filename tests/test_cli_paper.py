@@ -66,16 +66,21 @@ def test_inpaint_keeps_the_known_pixels(trained, tmp_path, capsys):
     keep = hole < 128
     assert np.array_equal(got[keep], img[keep])
     assert not np.array_equal(got[~keep], img[~keep])
-    # index:N and errors
+    # index:N (replacing the first result, as asked) and errors
     assert run_cli(paint.main, ["inpaint", "-f", str(trained), "-i", str(src), "-m", str(mask), "-o", str(out),
-                                "--steps", "2", "--resample", "1", "--code", "index:1", "--device", "cpu"]) == 0
+                                "--steps", "2", "--resample", "1", "--code", "index:1", "--device", "cpu",
+                                "--overwrite"]) == 0
+    capsys.readouterr()
     assert run_cli(paint.main, ["inpaint", "-f", str(trained), "-i", str(src), "-o", str(out), "--device",
-                                "cpu"]) == 2
+                                "cpu", "--overwrite"]) == 2
+    assert "needs --mask" in capsys.readouterr().err
     small = _write(hole[:10], tmp_path / "small.png")
     assert run_cli(paint.main, ["inpaint", "-f", str(trained), "-i", str(src), "-m", str(small), "-o", str(out),
-                                "--device", "cpu"]) == 2
+                                "--device", "cpu", "--overwrite"]) == 2
+    assert "but the image is 20x29" in capsys.readouterr().err
     assert run_cli(paint.main, ["inpaint", "-f", str(trained), "-i", str(src), "-m", str(mask), "-o", str(out),
-                                "--code", "latent", "--device", "cpu"]) == 2  # a train.py checkpoint has no latent
+                                "--code", "latent", "--device", "cpu", "--overwrite"]) == 2
+    assert "needs a checkpoint with a latent model" in capsys.readouterr().err  # a train.py checkpoint has none
 
 
 def test_outpaint_places_the_image_and_generates_the_rest(trained, tmp_path):
