@@ -2,7 +2,7 @@
 
     python fid.py --gen out --real data/nature.lmdb --config nature --real_stats data/nature_fid.npz
     python fid.py --real data/nature.lmdb --config nature --real_stats data/nature_fid.npz   # only cache the real side
-    python fid.py --gen out --real data/nature_fid.npz                                         # cached statistics
+    python fid.py --gen out --real data/nature_fid.npz   # cached statistics
 
 The paper's protocol: 50,000 generated images (test.py --img_num 50000) against all training images at the
 training resolution (the --config preset's geometry). Real statistics are cached in --real_stats (.npz, reused only
@@ -13,7 +13,6 @@ result to be called FID; --untrusted_weights reports a Fréchet distance under o
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -25,31 +24,35 @@ from dataset import DataError
 from metrics.fid import (FIDError, activations, find_weights, frechet_distance, load_inception, load_stats, save_stats,
                          sha256, statistics)
 from metrics.images import open_images
+from runtime.cli import ArgumentParser, positive_int, preset_help
 from runtime.device import pick_device
 from runtime.errors import CLIError, run_cli
-from runtime.files import atomic_write_text
+from runtime.files import atomic_write_text, check_new_file
 
 PAPER_NUM = 50_000
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(__doc__)
     ap.add_argument("--gen", "-g", default=None, help="folder of generated images (test.py --output_dir)")
     ap.add_argument("--real", "-r", required=True, help="training LMDB / image folder, or a statistics .npz")
     ap.add_argument("--config", default="nature",
-                    help="preset whose data geometry reads --real (default nature); none: a folder as stored")
-    ap.add_argument("--real_stats", default=None, help=".npz cache of the real statistics (read or written)")
-    ap.add_argument("--num_gen", type=int, default=None, help="use the first N generated images (default all)")
-    ap.add_argument("--num_real", type=int, default=None, help="use the first N real images (default all)")
+                    help="the data geometry that reads --real: a " + preset_help("nature")
+                    + ", or none (a folder as stored)")
+    ap.add_argument("--real_stats", default=None,
+                    help=".npz cache of the real statistics: read when it matches the images, settings and weights, "
+                         "else written (an existing cache of other images is only replaced with --overwrite)")
+    ap.add_argument("--num_gen", type=positive_int, default=None, help="use the first N generated images (default all)")
+    ap.add_argument("--num_real", type=positive_int, default=None, help="use the first N real images (default all)")
     ap.add_argument("--weights", default=None, help="Inception weights file (default: the torch hub cache)")
     ap.add_argument("--untrusted_weights", action="store_true",
                     help="accept other Inception weights; the result is then not called FID")
     ap.add_argument("--dims", type=int, default=2048, choices=[64, 192, 768, 2048], help="Inception features")
-    ap.add_argument("--batch_size", "-b", type=int, default=100)
+    ap.add_argument("--batch_size", "-b", type=positive_int, default=100)
     ap.add_argument("--workers", type=int, default=4, help="image decoding workers")
     ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default CUDA when present)")
     ap.add_argument("--out", default=None, help="also write the result as JSON here")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file or --real_stats cache")
     return ap
 
 
@@ -58,7 +61,7 @@ def real_statistics(args, model, weights_sha, device):
     if args.real.endswith(".npz"):
         mu, sigma, meta = load_stats(args.real)
         return mu, sigma, int(meta.get("n", 0)) or None
-    data_cfg = None if args.config == "none" else get_preset(args.config).data
+    data_cfg = data_geometry(args.config)
     images = open_images(args.real, data_cfg, args.num_real)
     geometry = ("as stored", "none") if data_cfg is None else ("x".join(map(str, data_cfg.image_size)),
                                                                data_cfg.transform)
@@ -70,6 +73,9 @@ def real_statistics(args, model, weights_sha, device):
         if saved == {k: str(v) for k, v in meta.items()}:
             print(f"real statistics from {cache} ({meta['n']} images)")
             return mu, sigma, len(images)
+        if not args.overwrite:
+            raise CLIError(f"{cache} holds statistics of other images or settings; pass --overwrite to recompute and "
+                           "replace it, or give another --real_stats")
         print(f"{cache} was computed from other images or settings; recomputing")
     mu, sigma = statistics(activations(model, images, args.batch_size, device, args.workers, "real"))
     if cache:
@@ -78,20 +84,31 @@ def real_statistics(args, model, weights_sha, device):
     return mu, sigma, len(images)
 
 
+def data_geometry(name: str):
+    """The DataConfig of a preset (None for 'none'), one-line error for unknown names."""
+    if name == "none":
+        return None
+    try:
+        return get_preset(name).data
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.out:
+        check_new_file(args.out, args.overwrite)
+    data_geometry(args.config)
     device = pick_device(args.device)
-    if args.batch_size < 1:
-        raise CLIError("--batch_size must be at least 1")
     try:
+        gen = open_images(args.gen, None, args.num_gen) if args.gen is not None else None  # before any real work
         weights = find_weights(args.weights)
         model, genuine = load_inception(weights, device, args.dims, args.untrusted_weights)
         weights_sha = sha256(weights)
         with torch.inference_mode():
             mu_r, sigma_r, n_real = real_statistics(args, model, weights_sha, device)
-            if args.gen is None:
+            if gen is None:
                 return 0
-            gen = open_images(args.gen, None, args.num_gen)
             mu_g, sigma_g = statistics(activations(model, gen, args.batch_size, device, args.workers, "generated"))
         value = frechet_distance(mu_g, sigma_g, mu_r, sigma_r)
     except (FIDError, DataError, ValueError) as e:
@@ -102,7 +119,7 @@ def main(argv=None) -> int:
     result = {"metric": name, "value": value, "num_gen": len(gen), "num_real": n_real, "dims": args.dims,
               "weights_sha256": weights_sha, "genuine_weights": genuine}
     print(f"{name}: {value:.4f}  ({len(gen)} generated vs {n_real} real images)")
-    if len(gen) < PAPER_NUM:
+    if genuine and len(gen) < PAPER_NUM:
         print(f"note: the paper's protocol uses {PAPER_NUM:,} generated images; FID is biased upward with fewer")
     if args.out:
         atomic_write_text(json.dumps(result, indent=2), args.out)

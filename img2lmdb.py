@@ -129,16 +129,18 @@ def pack(jobs: list, folder: Path, root: Path, num_workers: int) -> tuple:
     try:
         results = pool.imap(encode_one, jobs, chunksize=4) if pool else map(encode_one, jobs)
         txn = env.begin(write=True)
-        for path, data, err in tqdm(results, total=len(jobs), desc="img2lmdb", unit="img"):
-            if err is not None:
-                skipped.append((Path(path), err))
-                continue
-            txn.put(str(n).zfill(7).encode(), data)
-            sources.append(Path(path).relative_to(root).as_posix())
-            n += 1
-            if n % 256 == 0:
-                txn.commit()
-                txn = env.begin(write=True)
+        with tqdm(total=len(jobs), desc="img2lmdb", unit="img") as bar:  # closed (its line ended) on any exit
+            for path, data, err in results:
+                bar.update(1)
+                if err is not None:
+                    skipped.append((Path(path), err))
+                    continue
+                txn.put(str(n).zfill(7).encode(), data)
+                sources.append(Path(path).relative_to(root).as_posix())
+                n += 1
+                if n % 256 == 0:
+                    txn.commit()
+                    txn = env.begin(write=True)
         txn.put(b"length", str(n).encode())
         txn.put(b"__sources__", json.dumps(sources).encode())
         txn.commit()

@@ -1,9 +1,9 @@
-"""Inpainting and outpainting with a trained Patch-DM (paper Fig. 7, 8; not in the official code).
+r"""Inpainting and outpainting with a trained Patch-DM (paper Fig. 7, 8; not in the official code).
 
     python paint.py inpaint  -f runs/exp/checkpoints/last.pt --image photo.png --mask hole.png -o filled.png
     python paint.py outpaint -f runs/exp/checkpoints/last.pt --image photo.png --canvas 512x2048 -o wide.png
     python paint.py outpaint -f runs/exp/checkpoints/last.pt --image photo.png --canvas 512x2048 --place 0,0 \
-        --wrap x -o pano.png       # extend to the right into a 360-degree panorama
+        --wrap x -o pano.png   # extend to the right into a 360-degree panorama
 
 Inpainting: --mask is an image of the same size, white (>= 128) where pixels are to be generated, black where they
 are kept. Outpainting: the image is placed on a larger --canvas at --place TOP,LEFT (default: centred) and the rest

@@ -115,6 +115,9 @@ def main(argv=None) -> int:
 
 def generate(args, d: D.Dist) -> None:
     device = pick_device(args.device, d.local_rank)
+    out = Path(args.output_dir)
+    todo = output_plan(out, args.img_num, args.skip_existing, args.overwrite)[d.rank::d.world]
+    D.barrier(d)  # every rank has read the folder before any writes to it
     bundle = load_full(args.full_path, args.raw)
     cfg, unet, latent, z_mean, z_std = bundle.cfg, bundle.net, bundle.latent, bundle.z_mean, bundle.z_std
     p = cfg.model.patch_size
@@ -132,9 +135,6 @@ def generate(args, d: D.Dist) -> None:
         except ValueError as e:
             raise CLIError(f"{e} (try 10, 20, 25, 50, 100, ...)") from None
     band_rows, band_cols = parse_bands(args.bands, args.batch_size * (2 if w else 1), hw, p)
-    out = Path(args.output_dir)
-    todo = output_plan(out, args.img_num, args.skip_existing, args.overwrite)[d.rank::d.world]
-    D.barrier(d)  # every rank has read the folder before any writes to it
     if d.main:
         print(f"{hw[0]}x{hw[1]} images, {steps} DDIM steps" + (f" after {latent_steps} latent steps"
                                                                if latent is not None else "")

@@ -1,7 +1,7 @@
 """Train the latent DDPM over the learned semantic codes (official train_latent.py, fixed; spec §8).
 
     python train_latent.py --model_path runs/exp/checkpoints/last.pt --name exp_latent
-    python train_latent.py -m official_last.ckpt -n exp_latent                       # an official checkpoint
+    python train_latent.py -m official_last.ckpt -n exp_latent   # an official checkpoint
     python train_latent.py -m runs/ffhq/checkpoints/last.pt -n ffhq_latent -d data/ffhq256.lmdb   # image encoder
 
 The codes are the rows of the Patch-DM code table (no inference over the images), or, for image-encoder models,

@@ -48,7 +48,8 @@ def seam_ratio(img, p: int, offset: int = 0) -> float:
 
 
 def seam_stats(images, p: int, offsets=(0,)) -> dict:
-    """Per-offset mean, std and count of the per-image seam ratios over an iterable of images."""
+    """Per-offset mean, std and count ``n`` of the per-image seam ratios over an iterable of images; ``total`` counts
+    the images, flat ones (no gradient, no ratio) included."""
     ratios = {o: [] for o in offsets}
     for img in images:
         for o in offsets:
@@ -57,5 +58,6 @@ def seam_stats(images, p: int, offsets=(0,)) -> dict:
     for o, r in ratios.items():
         r = np.array([v for v in r if np.isfinite(v)])
         out[int(o)] = {"mean": float(r.mean()) if len(r) else float("nan"),
-                       "std": float(r.std(ddof=1)) if len(r) > 1 else 0.0, "n": int(len(r))}
+                       "std": float(r.std(ddof=1)) if len(r) > 1 else 0.0, "n": int(len(r)),
+                       "total": len(ratios[o])}
     return out

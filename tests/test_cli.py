@@ -1,9 +1,7 @@
 """The command-line chain on a tiny LMDB: img2lmdb -> initialize -> train -> train_latent -> test, and its errors."""
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import lmdb
 import numpy as np
@@ -17,60 +15,9 @@ import initialize
 import train
 import train_latent
 from runtime.errors import run_cli
+from tests.helpers import ROOT, load_script, losses as _losses, train_run as _train
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(f"patchdm_{name}", ROOT / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-sample = _load_script("test")  # the generation script (a name pytest and the stdlib also use)
-
-
-def _photo(h, w, seed):
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w]
-    base = np.stack([x / w, y / h, (x + y) / (h + w)], -1) * 255
-    return np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    """A folder with 6 good images of assorted kinds, a corrupt JPEG, a text file and a nested folder."""
-    root = tmp_path_factory.mktemp("photos")
-    (root / "sub" / "deeper").mkdir(parents=True)
-    for i in range(3):
-        Image.fromarray(_photo(40, 64, i)).save(root / f"img{i}.jpg", quality=95)
-    Image.fromarray(_photo(40, 64, 5)).convert("CMYK").save(root / "sub" / "cmyk.JPG")
-    a16 = (np.linspace(0, 65535, 40 * 64).reshape(40, 64)).astype(np.uint16)
-    Image.fromarray(a16).save(root / "sub" / "gray16.png")
-    rgba = Image.fromarray(_photo(64, 40, 6)).convert("RGBA")
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 on display: stored 64x40 (HxW) becomes 40x64
-    rgba.convert("RGB").save(root / "sub" / "deeper" / "rotated.jpeg", exif=exif)
-    good = (root / "img0.jpg").read_bytes()
-    (root / "broken.jpg").write_bytes(good[: len(good) // 2])
-    (root / "notes.txt").write_text("not an image")
-    (root / "fake.png").write_text("also not an image")
-    return root
-
-
-def _snapshot(folder):
-    return {p.relative_to(folder).as_posix(): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def lmdb_path(photos, tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "tiny.lmdb"
-    before = _snapshot(photos)
-    assert run_cli(img2lmdb.main, ["-i", str(photos), "-o", str(out), "-n", "2"]) == 0
-    assert _snapshot(photos) == before  # the user's files are untouched
-    return out
+sample = load_script("test")  # the generation script
 
 
 def test_img2lmdb_contents(lmdb_path, photos, capsys):
@@ -116,16 +63,6 @@ def test_dataset_lmdb_folder_and_workers(lmdb_path, photos):
         folder.load([p.name for p in folder.files].index("broken.jpg"))
 
 
-@pytest.fixture(scope="module")
-def codes(lmdb_path, tmp_path_factory):
-    out = tmp_path_factory.mktemp("codes") / "semantic.pt"
-    assert run_cli(initialize.main, ["-d", str(lmdb_path), "-o", str(out), "--clip_pretrained", "none",
-                                     "--device", "cpu", "--num_workers", "0", "--batch_size", "4"]) == 0
-    table = torch.load(out, weights_only=True)["model_state_dict"]["semantic_enc.weight"]
-    assert table.shape == (6, 512) and table.std() > 0
-    return out
-
-
 def test_initialize_offline_fails_fast_with_the_file_to_provide(lmdb_path, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     rc = run_cli(initialize.main, ["-d", str(lmdb_path), "-o", str(tmp_path / "s.pt"), "--device", "cpu",
@@ -133,16 +70,6 @@ def test_initialize_offline_fails_fast_with_the_file_to_provide(lmdb_path, tmp_p
     err = capsys.readouterr().err
     assert rc == 2 and "not on this machine" in err and "--clip_pretrained PATH" in err
     assert not (tmp_path / "s.pt").exists()
-
-
-def _train(lmdb_path, codes, runs, name, steps, *extra):
-    return run_cli(train.main, ["--config", "tiny", "-d", str(lmdb_path), "--semantic_path", str(codes), "-n", name,
-                                "--max_steps", str(steps), "--log_every", "1", "--device", "cpu",
-                                "--runs_dir", str(runs), *extra])
-
-
-def _losses(run):
-    return [json.loads(line)["loss"] for line in (run / "stats.jsonl").read_text().splitlines()]
 
 
 def test_full_chain(lmdb_path, codes, tmp_path):

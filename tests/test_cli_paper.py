@@ -13,19 +13,20 @@ from PIL import Image
 import train
 import train_latent
 from runtime.errors import run_cli
-from tests.test_cli import ROOT, _load_script, _photo, _train, codes, lmdb_path, photos, sample  # noqa: F401
+from tests.helpers import ROOT, load_script, photo as _photo, train_run as _train
 
-paint = _load_script("paint")
+paint = load_script("paint")
+sample = load_script("test")
 
 
 @pytest.fixture(scope="module")
-def trained(lmdb_path, codes, tmp_path_factory):  # noqa: F811
+def trained(lmdb_path, codes, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     assert _train(lmdb_path, codes, runs, "exp", 2) == 0
     return runs / "exp" / "checkpoints" / "last.pt"
 
 
-def test_ablation_flags_reach_the_config_and_train(lmdb_path, codes, tmp_path):  # noqa: F811
+def test_ablation_flags_reach_the_config_and_train(lmdb_path, codes, tmp_path):
     runs = tmp_path / "runs"
     assert _train(lmdb_path, codes, runs, "rnd", 2, "--collage", "pixel_random", "--no_position") == 0
     ck = torch.load(runs / "rnd" / "checkpoints" / "last.pt", weights_only=True)
@@ -100,7 +101,7 @@ def test_outpaint_places_the_image_and_generates_the_rest(trained, tmp_path):
                                 "-o", str(out), "--device", "cpu"]) == 2  # not a multiple of the patch
 
 
-def test_wrap_generation_runs(trained, lmdb_path, codes, tmp_path):  # noqa: F811
+def test_wrap_generation_runs(trained, lmdb_path, codes, tmp_path):
     runs = trained.parent.parent.parent
     assert run_cli(train_latent.main, ["-m", str(trained), "-n", "lat", "--max_steps", "2", "--device", "cpu",
                                        "--runs_dir", str(runs)]) == 0

@@ -11,7 +11,7 @@ from scipy import linalg
 from metrics import fid as F
 from metrics.seams import boundary_masks, seam_ratio, seam_stats
 from runtime.errors import run_cli
-from tests.test_cli import _load_script
+from tests.helpers import load_script as _load_script
 
 fid_cli = _load_script("fid")
 seams_cli = _load_script("seams")
@@ -44,23 +44,6 @@ def test_frechet_distance_matches_the_definition():
 
 # ----------------------------------------------------------------------------------------------- FID end to end
 @pytest.fixture(scope="module")
-def random_weights(tmp_path_factory):
-    """Freshly initialised but non-trivial Inception weights (Kaiming convs, identity batch-norms): features of
-    order 0.1 that differ between images. The default init gives ~1e-8 features and FID ~ 0 for anything."""
-    net = F.fid_architecture()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(m.weight, generator=g)
-            elif isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.fill_(1), m.bias.zero_(), m.running_mean.zero_(), m.running_var.fill_(1)
-    path = tmp_path_factory.mktemp("inception") / F.WEIGHTS_NAME
-    torch.save(net.state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def image_sets(tmp_path_factory):
     root = tmp_path_factory.mktemp("fid_images")
     rng = np.random.default_rng(1)
@@ -91,7 +74,7 @@ def test_fid_equals_pytorch_fid(random_weights, image_sets, tmp_path, monkeypatc
     # the same weights with a genuine-looking hash: now it is called FID
     monkeypatch.setattr(F, "SHA256_PREFIX", F.sha256(random_weights)[:8])
     capsys.readouterr()
-    assert run_cli(fid_cli.main, args) == 0
+    assert run_cli(fid_cli.main, [*args, "--overwrite"]) == 0
     assert json.loads(out.read_text())["metric"].startswith("FID-64")
 
 
@@ -118,8 +101,11 @@ def test_real_statistics_are_cached(random_weights, image_sets, tmp_path, capsys
     capsys.readouterr()
     assert run_cli(fid_cli.main, [*base, "--gen", str(image_sets / "a")]) == 0
     assert "real statistics from" in capsys.readouterr().out
-    assert run_cli(fid_cli.main, [*base, "--num_real", "10"]) == 0  # other images: recomputed
-    assert "recomputing" in capsys.readouterr().out
+    before = cache.read_bytes()
+    assert run_cli(fid_cli.main, [*base, "--num_real", "10"]) == 2  # other images: never replaced unasked
+    assert "--overwrite" in capsys.readouterr().err and cache.read_bytes() == before
+    assert run_cli(fid_cli.main, [*base, "--num_real", "10", "--overwrite"]) == 0  # recomputed and replaced
+    assert "recomputing" in capsys.readouterr().out and cache.read_bytes() != before
     assert run_cli(fid_cli.main, ["--gen", str(image_sets / "a"), "--real", str(cache), "--weights",
                                   str(random_weights), "--dims", "64", "--device", "cpu", "--workers", "0",
                                   "--untrusted_weights"]) == 0
@@ -180,8 +166,8 @@ def test_seams_cli(tmp_path, capsys):
     import img2lmdb
     assert run_cli(img2lmdb.main, ["-i", str(real), "-o", str(tmp_path / "real.lmdb"), "-n", "1"]) == 0
     assert run_cli(seams_cli.main, ["--images", str(gen), "--patch", "8", "--real", str(tmp_path / "real.lmdb"),
-                                    "--config", "tiny", "--num", "2", "--out", str(out)]) == 0
+                                    "--config", "tiny", "--num", "2", "--out", str(out), "--overwrite"]) == 0
     assert json.loads(out.read_text())["real"]["0"]["n"] == 2
     assert run_cli(seams_cli.main, ["--images", str(gen), "--patch", "8", "--real", str(tmp_path / "real.lmdb"),
-                                    "--config", "tiny", "--out", str(out)]) == 0
+                                    "--config", "tiny", "--out", str(out), "--overwrite"]) == 0
     assert json.loads(out.read_text())["real"]["0"]["n"] == 3
