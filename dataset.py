@@ -14,11 +14,13 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
+from model.collage import window_bounds
 from runtime.errors import UserError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -200,14 +202,10 @@ class ImageDataset(Dataset):
         """item = index -> (image (3, H, W), index); item = (index, window, p) -> (the 2p x 2p window of the
         half-patch-padded image (3, 2p, 2p), zero on the padding, index): training only reads the window."""
         if isinstance(item, (tuple, list)):
-            index, (row, col), p = item
+            index, window, p = item
             a = self._array(index)
-            h, w = a.shape[:2]
-            r0, c0 = row * p - p // 2, col * p - p // 2
-            out = torch.zeros(3, 2 * p, 2 * p)
-            rs, cs = slice(max(0, r0), min(h, r0 + 2 * p)), slice(max(0, c0), min(w, c0 + 2 * p))
-            out[:, rs.start - r0:rs.stop - r0, cs.start - c0:cs.stop - c0] = to_unit_tensor(a[rs, cs])
-            return out, index
+            rows, cols, pad = window_bounds(*a.shape[:2], window, p)  # only the window's pixels are converted
+            return F.pad(to_unit_tensor(a[rows, cols]), pad), index
         return to_unit_tensor(self._array(item)), item
 
     def __getstate__(self):

@@ -27,13 +27,16 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from dataset import to_rgb, to_unit_tensor
-from diffusion import ddim_sample_canvas, ddim_sample_latent, space_timesteps
-from diffusion.inpaint import fit_code
+from diffusion import ddim_sample_latent, sample_canvas, schedule_from, space_timesteps
+from model import Denoiser
+from model.checkpoint import load
+from model.collage import WRAPS
+from model.fit_code import fit_code
 from runtime.cli import ArgumentParser, parse_bands, parse_hw, positive_int
 from runtime.device import autocast, check_precision, pick_device, sampling_precision
 from runtime.errors import CLIError, run_cli
 from runtime.files import check_new_file, make_parents, save_png
-from runtime.runs import load
+from runtime.rng import rng
 
 
 def build_parser():
@@ -58,7 +61,7 @@ def build_parser():
     ap.add_argument("--steps", type=positive_int, default=None,
                     help="DDIM steps (default: the checkpoint's sampling.steps, 50 for the paper's presets)")
     ap.add_argument("--cfg_scale", type=float, default=None, help="guidance w (default: the checkpoint's)")
-    ap.add_argument("--wrap", default="", choices=["", "x", "y", "xy"], help="circular padding (panoramas, tiles)")
+    ap.add_argument("--wrap", default="", choices=list(WRAPS), help="circular padding (panoramas, tiles)")
     ap.add_argument("--bands", default="auto", help="as test.py: auto, off, R or RxC tiles per band")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--raw", action="store_true", help="raw (non-EMA) weights of every network in the checkpoint")
@@ -142,13 +145,13 @@ def choose_code(args, net, cfg, latent, z_mean, z_std, x, m, device, k: int):
             i = int(kind.split(":", 1)[1])
         except ValueError:
             raise CLIError(f"--code {kind!r}: N must be an integer") from None
-        if not 0 <= i < net.encoder.weight.shape[0]:
-            raise CLIError(f"--code {kind}: the table has {net.encoder.weight.shape[0]} rows")
-        return net.encoder.weight[i:i + 1].detach()
+        if not 0 <= i < net.code_source.weight.shape[0]:
+            raise CLIError(f"--code {kind}: the table has {net.code_source.weight.shape[0]} rows")
+        return net.code_source.weight[i:i + 1].detach()
     if kind == "latent":
         if latent is None:
             raise CLIError("--code latent needs a checkpoint with a latent model (from train_latent.py)")
-        g = torch.Generator().manual_seed(args.seed + k)
+        g = rng(args.seed, "latent", k)
         code = ddim_sample_latent(latent, torch.randn(1, cfg.model.code_dim, generator=g).to(device),
                                   steps=cfg.sampling.latent_steps)
         return code if z_mean is None else code * z_std.to(device) + z_mean.to(device)
@@ -158,11 +161,11 @@ def choose_code(args, net, cfg, latent, z_mean, z_std, x, m, device, k: int):
         # the encoder saw whole training images: give it the known image at the training size
         h, w = cfg.data.image_size
         with torch.no_grad():
-            return net.encoder(F.interpolate(x * m, size=(h, w), mode="bilinear", antialias=True,
+            return net.code_source(F.interpolate(x * m, size=(h, w), mode="bilinear", antialias=True,
                                              align_corners=False))
     if kind == "fit":
         if net.uses_table:
-            init = net.encoder.weight.detach().mean(dim=0, keepdim=True)
+            init = net.code_source.weight.detach().mean(dim=0, keepdim=True)
         elif net.needs_image:
             init = choose_code(argparse.Namespace(**{**vars(args), "code": "encoder"}), net, cfg, latent, z_mean,
                                z_std, x, m, device, k)
@@ -175,7 +178,8 @@ def choose_code(args, net, cfg, latent, z_mean, z_std, x, m, device, k: int):
             bar.set_postfix(loss=f"{loss:.4f}")
 
         try:
-            code = fit_code(net, x, m, cfg.model.patch_size, init.to(device), steps=args.fit_steps, lr=args.fit_lr,
+            code = fit_code(net, x, m, cfg.model.patch_size, init.to(device), schedule_from(cfg.diffusion),
+                            steps=args.fit_steps, lr=args.fit_lr,
                             seed=args.seed + k, collage=cfg.model.collage, progress=progress)
         except ValueError as e:
             raise CLIError(str(e)) from None
@@ -219,15 +223,14 @@ def main(argv=None) -> int:
     band_rows, band_cols = parse_bands(args.bands, 2 if w else 1, x.shape[-2:], p)
     net, x, m = net.to(device), x.to(device), m.to(device)
     latent = latent.to(device) if latent is not None else None
+    den, sched = Denoiser(net, p, cfg.model.collage), schedule_from(cfg.diffusion).respace(steps)
     for k, path in enumerate(paths):
         code = choose_code(args, net, cfg, latent, z_mean, z_std, x, m, device, k)
-        g = torch.Generator().manual_seed(args.seed + k)
-        x_T = torch.randn(x.shape, generator=g).to(device)
+        x_T = torch.randn(x.shape, generator=rng(args.seed, "image", k)).to(device)
         with torch.no_grad(), autocast(device, precision):
-            img = ddim_sample_canvas(net, x_T, code, steps=steps, patch_size=p, cfg_scale=w, band_rows=band_rows,
-                                     band_cols=band_cols, wrap=args.wrap, collage=cfg.model.collage,
-                                     known=(x, m), resample=args.resample, seed=args.seed + k, progress=True,
-                                     in_place=True)
+            img = sample_canvas(den, x_T, code, sched, w, band_rows, band_cols, args.wrap, args.seed + k,
+                                cfg.sampling.clip_x0, progress=True, in_place=True, known=(x, m),
+                                resample=args.resample)
         top, left, h, wd = box
         make_parents(path)  # only once there is a result: a refused code or a failed sample leaves nothing
         save_png(img[0, :, top:top + h, left:left + wd], path)

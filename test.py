@@ -1,4 +1,4 @@
-"""Generate images: latent DDIM -> semantic code -> patch DDIM over the canvas (official test.py, fixed; spec §7).
+"""Generate images: latent DDIM -> semantic code -> patch DDIM over the canvas (official test.py, fixed).
 
     python test.py --full_path runs/exp_latent/checkpoints/last.pt --output_dir out --img_num 16
     python test.py -f runs/exp_latent/checkpoints/last.pt -g out_wide --image_size 1024x2048 --img_num 4
@@ -21,14 +21,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from diffusion import ddim_sample_canvas, ddim_sample_latent, space_timesteps
+from diffusion import ddim_sample_latent, sample_canvas, schedule_from, space_timesteps
+from model import Denoiser
+from model.checkpoint import load
+from model.collage import WRAPS
 from runtime.cli import ArgumentParser, check_divisible, parse_bands, parse_hw, positive_int
 from runtime.device import autocast, check_precision, device_type, pick_device, sampling_precision
 from runtime.errors import CLIError, run_cli
 from runtime.fast import COMPILE_MODES, COMPILE_SCOPES, cast_weights, speed_up
 from runtime.files import make_parents, remove_empty, save_png
 from runtime import dist as D
-from runtime.runs import load
+from runtime.rng import rng
 
 
 def build_parser():
@@ -62,7 +65,7 @@ def build_parser():
                     help="with --compile: every block on its own, or the encoder and decoder halves as whole graphs")
     ap.add_argument("--skip_existing", action="store_true", help="keep PNGs already in --output_dir, make the rest")
     ap.add_argument("--overwrite", action="store_true", help="replace PNGs already in --output_dir")
-    ap.add_argument("--wrap", default="", choices=["", "x", "y", "xy"],
+    ap.add_argument("--wrap", default="", choices=list(WRAPS),
                     help="pad circularly instead of with zeros: x for seamless 360-degree panoramas, xy for tiles")
     ap.add_argument("--bands", default="auto",
                     help="decode the canvas in bands of tiles, bounding memory at any size with the same images: "
@@ -99,7 +102,7 @@ def output_plan(out: Path, n: int, skip_existing: bool, overwrite: bool) -> list
 
 def per_image_noise(seed: int, k: int, code_dim: int, hw: tuple):
     """z_T (code_dim,) and x_T (3, H, W) of image k, from its own generator (independent of the batch)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + k)
+    g = rng(seed, "image", k)
     return torch.randn(code_dim, generator=g), torch.randn(3, *hw, generator=g)
 
 
@@ -142,6 +145,7 @@ def generate(args, d: D.Dist) -> None:
     # cast_weights: the same function in less memory
     unet = speed_up(cast_weights(unet.to(device), precision), args.compile, scope=args.compile_scope)
     latent = latent.to(device) if latent is not None else None
+    den, sched = Denoiser(unet, p, cfg.model.collage), schedule_from(cfg.diffusion).respace(steps)
     created = make_parents(out / "0.png")
     done = 0
     bar = tqdm(total=len(todo), desc="generate", unit="img", dynamic_ncols=True, disable=not d.main)
@@ -156,9 +160,8 @@ def generate(args, d: D.Dist) -> None:
             if z_mean is not None:
                 code = code * z_std.to(device) + z_mean.to(device)
             with autocast(device, precision):
-                img = ddim_sample_canvas(unet, torch.stack(x_T).to(device), code, steps=steps, patch_size=p,
-                                         cfg_scale=w, band_rows=band_rows, band_cols=band_cols, wrap=args.wrap,
-                                         collage=cfg.model.collage, seed=args.seed, in_place=True)
+                img = sample_canvas(den, torch.stack(x_T).to(device), code, sched, w, band_rows, band_cols,
+                                    args.wrap, args.seed, cfg.sampling.clip_x0, in_place=True)
             for k, x in zip(ks, img):
                 save_png(x, out / f"{k}.png")
             done += len(ks)

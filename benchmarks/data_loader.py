@@ -18,7 +18,7 @@ from benchmarks.common import emit, environment
 from configs import get_preset
 from dataset import build_dataset
 from runtime.data import StepBatchSampler, make_loader
-from train import window_at
+from training.draws import window_at
 
 
 def main(argv=None) -> int:

@@ -131,8 +131,9 @@ def training_peak(preset: str, batch: int, precision: str = "bf16", checkpointin
     tensors, tests/test_memory.py), Adam uses its CUDA default (foreach), but in half precision CPU autocast differs
     in a few operators (nearest upsampling runs in bf16 on the CPU, in fp32 under CUDA autocast), which can make this
     read low. At batch 96 in bf16 (nature) it reads 48.7 GiB against 48.8 GiB measured on an H100."""
-    from runtime.ema import EMA
-    from train import LossStep, optimizer_step
+    from training.ema import EMA
+    from training.loop import optimizer_step
+    from training.patchdm import LossStep
     cfg = get_preset(preset)
     tc, p, (h, w) = cfg.training, cfg.model.patch_size, cfg.data.image_size
     with fake_mode(), warnings.catch_warnings():
@@ -153,7 +154,7 @@ def training_peak(preset: str, batch: int, precision: str = "bf16", checkpointin
                 noise = torch.randn(batch, 3, 2 * p, 2 * p)
                 with fake_autocast("cpu", precision):
                     shift, noshift = step_fn(x0, index, t, noise, (0, 0))  # memory is the same at any window
-                optimizer_step(net, opt, scaler, shift.mean() + noshift.mean(), tc)  # train.py's step
+                optimizer_step(net.parameters(), opt, scaler, shift.mean() + noshift.mean(), tc.grad_clip)  # the trainer's step
                 ema.update(net)
     return live.peak
 

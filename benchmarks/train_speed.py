@@ -20,9 +20,11 @@ from dataset import build_dataset
 from model import build_patchdm
 from runtime.data import StepBatchSampler, make_loader
 from runtime.device import autocast, pick_device
-from runtime.ema import EMA
+from training.ema import EMA
 from runtime.fast import COMPILE_SCOPES, set_checkpointing, speed_up
-from train import LossStep, draw, optimizer_step, window_at
+from training.draws import draw, window_at
+from training.loop import optimizer_step
+from training.patchdm import LossStep
 
 
 def main(argv=None) -> int:
@@ -75,7 +77,7 @@ def main(argv=None) -> int:
         window, t, noise, (ck, pk), _ = draw(cfg, step, 0, args.batch, 1, device)
         with autocast(device, args.precision):
             shift, noshift = step_fn(x0, index, t, noise, window, ck, pk)
-        optimizer_step(net, opt, scaler, shift.mean() + noshift.mean(), tc)
+        optimizer_step(net.parameters(), opt, scaler, shift.mean() + noshift.mean(), tc.grad_clip)
         ema.update(net)
 
     net.train()

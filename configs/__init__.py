@@ -43,6 +43,8 @@ class DiffusionConfig:
 
 @dataclass
 class DataConfig:
+    path: str = "./dataset"                 # §11 the training images (LMDB or folder), train.py --data_path
+    code_table: str = ""                    # the initialize.py file the code table started from ("" : none)
     image_size: tuple = (512, 1024)         # §5.3 training image (H, W)
     transform: str = "nature"               # §5.3: nature | resize | resize_crop
     resize: tuple = (512, 1280)             # §5.3 nature: exact resize before the centre crop
@@ -83,6 +85,8 @@ class LatentConfig:
     save_every_samples: int = 5_000_000     # §8
     ema_decay: float = 0.9999               # §8
     grad_clip: float = 1.0                  # §8
+    precision: str = "fp16"                 # §8 fp16 autocast (fp32 on the CPU)
+    max_steps: int = 0                      # 0 = total_samples // batch_size
     znormalize: bool = False                # §8 (commit 7abc7dd)
 
 
@@ -249,27 +253,34 @@ def _typed(value, default, name: str):
     return value
 
 
+def assign(cfg: Config, path: str, value) -> Config:
+    """Set the field at the dotted ``path`` (e.g. 'training.batch_size') in place, checked against the field's type;
+    ValueError names an unknown field or a value of the wrong type."""
+    *parents, leaf = path.strip().split(".")
+    obj = cfg
+    for p in parents:
+        if not dataclasses.is_dataclass(obj) or not hasattr(obj, p):
+            raise ValueError(f"{path}: no config section {p!r}")
+        obj = getattr(obj, p)
+    if not dataclasses.is_dataclass(obj) or leaf not in {f.name for f in dataclasses.fields(obj)}:
+        raise ValueError(f"{path}: no config field {path!r}")
+    setattr(obj, leaf, _typed(value, getattr(obj, leaf), path.strip()))
+    return cfg
+
+
 def override(cfg: Config, assignments) -> Config:
-    """Apply ``section.field=value`` strings (value parsed as a Python literal, else kept as a string), each checked
-    against the field's type; ValueError names the first bad one."""
+    """A copy of ``cfg`` with ``section.field=value`` strings applied (the value parsed as a Python literal, else kept
+    as a string; ``assign`` checks it)."""
     cfg = copy.deepcopy(cfg)
     for item in assignments:
         path, sep, raw = item.partition("=")
         if not sep:
             raise ValueError(f"override {item!r} is not of the form section.field=value")
-        *parents, leaf = path.strip().split(".")
-        obj = cfg
-        for p in parents:
-            if not hasattr(obj, p):
-                raise ValueError(f"override {item!r}: no config section {p!r}")
-            obj = getattr(obj, p)
-        if not dataclasses.is_dataclass(obj) or leaf not in {f.name for f in dataclasses.fields(obj)}:
-            raise ValueError(f"override {item!r}: no config field {path!r}")
         try:
             value = ast.literal_eval(raw.strip())
         except (ValueError, SyntaxError):
             value = raw.strip()
-        setattr(obj, leaf, _typed(value, getattr(obj, leaf), path.strip()))
+        assign(cfg, path, value)
     return cfg
 
 
@@ -329,7 +340,8 @@ def validate(cfg: Config) -> Config:
     check(t.precision in PRECISIONS, "training.precision", t.precision, f"choose {', '.join(PRECISIONS)}")
     at_least("latent", 1, "hidden", "num_timesteps", "batch_size", "total_samples", "save_every_samples")
     at_least("latent", 2, "num_layers")
-    at_least("latent", 0, "weight_decay")
+    at_least("latent", 0, "weight_decay", "max_steps")
+    check(lat.precision in PRECISIONS, "latent.precision", lat.precision, f"choose {', '.join(PRECISIONS)}")
     at_least("latent", 0, "lr", "grad_clip", kind="above")
     check(lat.time_sinusoid >= 2 and lat.time_sinusoid % 2 == 0, "latent.time_sinusoid", lat.time_sinusoid,
           "must be an even number of at least 2")

@@ -1,12 +1,13 @@
-"""Patch-DM diffusion: schedules, the patch-grid denoiser evaluation and loss, samplers, latent DDPM."""
+"""Diffusion processes and samplers: noise schedules (schedule), samplers over any model function (samplers),
+known-pixel conditioning (inpaint), the latent DDPM (latent), and the documented functional API (wrappers)."""
 
-from .patch import (auto_band, canvas_eps, cfg_keep_masks, check_canvas, decode_collaged,
-                    default_schedule, encode_grid, guided_canvas_eps, patch_loss_terms, sample_window)
-from .samplers import (ddim_loop, ddim_sample_canvas, ddim_sample_latent, ddim_step, ddpm_sample_canvas,
-                       latent_loss, latent_schedule)
-from .schedule import Schedule, const_betas, linear_betas, space_timesteps
+from .latent import ddim_sample_latent, latent_loss
+from .samplers import ddim, ddim_loop, ddim_step, ddim_streamed, run_steps, sample_canvas
+from .schedule import (Schedule, const_betas, default_schedule, latent_schedule, linear_betas, schedule_from,
+                       space_timesteps)
+from .wrappers import canvas_eps, ddim_sample_canvas, guided_canvas_eps, patch_loss_terms
 
-__all__ = ["auto_band", "canvas_eps", "cfg_keep_masks", "check_canvas", "decode_collaged",
-           "default_schedule", "encode_grid", "guided_canvas_eps", "patch_loss_terms", "sample_window", "ddim_loop",
-           "ddim_sample_canvas", "ddim_sample_latent", "ddim_step", "ddpm_sample_canvas", "latent_loss",
-           "latent_schedule", "Schedule", "const_betas", "linear_betas", "space_timesteps"]
+__all__ = ["ddim_sample_latent", "latent_loss", "ddim", "ddim_loop", "ddim_step", "ddim_streamed", "run_steps",
+           "sample_canvas", "Schedule", "const_betas", "default_schedule", "latent_schedule", "linear_betas",
+           "schedule_from", "space_timesteps", "canvas_eps", "ddim_sample_canvas", "guided_canvas_eps",
+           "patch_loss_terms"]

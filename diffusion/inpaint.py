@@ -1,70 +1,61 @@
-"""Semantic codes for images the model never saw: fitting a code to known pixels (inpainting / outpainting).
+"""Conditioning a sampler on known pixels (inpainting / outpainting): replacement, and RePaint resampling.
 
-A code-table model has a code per training image only. For a new image, ``fit_code`` finds the code under which the
-denoiser explains the known pixels best: it minimises the model's own training loss (the two-term window loss of
-``window_loss_terms``, in the model's collage mode) over windows whose centre patch is fully known, with the
-unknown pixels treated like padding (zeroed in x_t, masked out of the un-shifted term). Only the code is optimised;
-the network is frozen. The sampler (``ddim_sample_canvas(known=...)``) then fills the unknown pixels with that code.
+``repaint`` wraps the steps of any sampler built from ``step(x, i)`` (diffusion/samplers.py): before every step the
+kept pixels of x_t are replaced by the known image forward-noised to that step, and the result holds the known image
+exactly there. With resample = r > 1 each step is repeated r times, re-noising x_{t-1} to x_t in between (RePaint,
+Lugmayr et al. 2022), which lets the generated side react to the kept side at r times the cost. RePaint is defined
+for samplers that take one model step from t to t-1 (DDIM, ancestral); a multistep solver keeps a history that the
+re-noising would invalidate.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .patch import default_schedule, window_crop, window_loss_terms
+from runtime.rng import rng
+from .samplers import run_steps
+from .schedule import Schedule
 
 
-def known_windows(mask: torch.Tensor, p: int) -> list:
-    """Training windows (row, col) of a canvas whose centre patch (image patch (row, col)) is entirely known.
+class KnownRegion:
+    """impose(x, i): the kept pixels of x_t become q_sample(x_known, t_i) with fresh noise; renoise(x, i): x_{i-1} ->
+    x_i by the forward step q(x_i | x_{i-1}); finish(x): the kept pixels become x_known exactly."""
 
-    mask (1, 1, H, W) or (H, W), 1 = known."""
-    m = mask.reshape(mask.shape[-2], mask.shape[-1])
-    rows, cols = m.shape[0] // p, m.shape[1] // p
-    full = m[:rows * p, :cols * p].reshape(rows, p, cols, p).amin(dim=(1, 3)) > 0.5
-    return [tuple(rc) for rc in full.nonzero().tolist()]
+    def __init__(self, x_known: torch.Tensor, mask: torch.Tensor, sched: Schedule, seed: int = 0):
+        self.x, self.sched = x_known, sched
+        self.mask = mask.to(x_known.dtype)
+        self.g = rng(seed, "known", device=x_known.device)
+
+    def _noise(self, like):
+        return torch.randn(like.shape, generator=self.g, device=like.device, dtype=like.dtype)
+
+    def _keep(self, x, known):
+        return x * (1 - self.mask) + known.to(x.dtype) * self.mask
+
+    def impose(self, x, i: int):
+        return self._keep(x, self.sched.q_sample(self.x, i, self._noise(self.x)))
+
+    def renoise(self, x, i: int):
+        beta = Schedule.at(self.sched.betas, i, x)
+        return torch.sqrt(1 - beta) * x + torch.sqrt(beta) * self._noise(x)
+
+    def finish(self, x):
+        return self._keep(x, self.x)
 
 
-def fit_code(unet, x_known: torch.Tensor, mask: torch.Tensor, p: int, code_init: torch.Tensor, steps: int = 200,
-             lr: float = 1e-2, batch: int = 8, seed: int = 0, collage: str = "feature", schedule=None,
-             progress=None) -> torch.Tensor:
-    """A code (1, D) for one image: Adam on the code alone, minimising the training loss on its known windows.
+def repaint(step, x: torch.Tensor, sched: Schedule, x_known: torch.Tensor, mask: torch.Tensor, resample: int = 1,
+            seed: int = 0, progress: bool = False) -> torch.Tensor:
+    """Run ``step`` over the schedule conditioned on the known pixels (mask 1 = keep; (B or 1, 1, H, W)); the
+    result equals x_known exactly where the mask is 1."""
+    if resample < 1:
+        raise ValueError(f"resample must be at least 1, got {resample}")
+    cond = KnownRegion(x_known, mask, sched, seed)
 
-    x_known (1, 3, H, W) in [-1, 1]; mask (1, 1, H, W), 1 = known; code_init (1, D) (e.g. the code table's mean).
-    Each step draws one known window, ``batch`` timesteps (stratified over 0..T-1) and fresh noise, all from
-    ``seed``. progress(step, loss) is called after every step when given. Raises ValueError when no p x p patch of
-    the image grid is fully known.
-    """
-    windows = known_windows(mask, p)
-    if not windows:
-        raise ValueError(f"no {p}x{p} patch of the canvas grid is fully known: a code cannot be fitted (give a larger "
-                         "known region, or pick a code with --code latent / index:N)")
-    sched = schedule or default_schedule()
-    T = sched.num_timesteps
-    g = torch.Generator().manual_seed(seed)
-    code = code_init.detach().clone().float().requires_grad_(True)
-    opt = torch.optim.Adam([code], lr=lr)
-    was_training = unet.training
-    unet.eval()
-    for prm in unet.parameters():
-        prm.requires_grad_(False)
-    try:
-        for step in range(steps):
-            r, c = windows[int(torch.randint(len(windows), (1,), generator=g))]
-            x_win, pad_mask = window_crop(x_known, (r, c), p)
-            known = window_crop(mask.to(x_known.dtype), (r, c), p)[0]
-            t = ((torch.arange(batch) + torch.rand(batch, generator=g)) * T / batch).long().clamp(max=T - 1)
-            noise = torch.randn(batch, 3, 2 * p, 2 * p, generator=g).to(x_known.device)
-            shift, noshift = window_loss_terms(unet, x_win.expand(batch, -1, -1, -1), pad_mask * known,
-                                               t.to(x_known.device), noise, (r, c), code.expand(batch, -1), p,
-                                               schedule=sched, collage=collage, offset=(p // 2, p // 2))
-            loss = shift + noshift
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if progress is not None:
-                progress(step, loss.item())
-    finally:
-        for prm in unet.parameters():
-            prm.requires_grad_(True)
-        unet.train(was_training)
-    return code.detach()
+    def conditioned(x, i):
+        for r in range(resample):
+            x = step(cond.impose(x, i), i)
+            if r < resample - 1 and i > 0:
+                x = cond.renoise(x, i)
+        return x
+
+    return cond.finish(run_steps(conditioned, x, sched, progress))

@@ -47,12 +47,6 @@ class Schedule:
         self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
         self.sqrt_recip_alphas_cumprod = (1.0 / self.alphas_cumprod).sqrt()
         self.sqrt_recipm1_alphas_cumprod = (1.0 / self.alphas_cumprod - 1.0).sqrt()
-        ac, acp = self.alphas_cumprod, self.alphas_cumprod_prev
-        self.posterior_variance = self.betas * (1.0 - acp) / (1.0 - ac)
-        self.posterior_mean_coef1 = self.betas * acp.sqrt() / (1.0 - ac)
-        self.posterior_mean_coef2 = (1.0 - acp) * alphas.sqrt() / (1.0 - ac)
-        # 'fixed_large' variance of the DDPM sampler (spec §5.2): [posterior_variance[1], betas[1:]].
-        self.fixed_large_log_variance = torch.cat([self.posterior_variance[1:2], self.betas[1:]]).log()
 
     def respace(self, steps: int) -> "Schedule":
         """The schedule over ``space_timesteps(T, steps)`` with the same alphas_cumprod at kept timesteps."""
@@ -86,3 +80,29 @@ class Schedule:
     def eps_from_x0(self, x_t, t, x0):
         a, b = self.at(self.sqrt_recip_alphas_cumprod, t, x_t), self.at(self.sqrt_recipm1_alphas_cumprod, t, x_t)
         return (a * x_t - x0) / b
+
+
+_CACHE: dict = {}
+
+
+def schedule_from(d) -> Schedule:
+    """The image model's schedule from a DiffusionConfig (linear betas beta_start..beta_end over num_timesteps);
+    built once per setting."""
+    key = ("linear", d.num_timesteps, d.beta_start, d.beta_end)
+    if key not in _CACHE:
+        _CACHE[key] = Schedule(linear_betas(d.num_timesteps, d.beta_start, d.beta_end))
+    return _CACHE[key]
+
+
+def default_schedule() -> Schedule:
+    """The official image schedule: linear betas 1e-4..0.02, T = 1000 (the DiffusionConfig defaults)."""
+    from configs import DiffusionConfig
+    return schedule_from(DiffusionConfig())
+
+
+def latent_schedule(num_timesteps: int = 1000, beta: float = 0.008) -> Schedule:
+    """The latent DDPM's constant-beta schedule."""
+    key = ("const", num_timesteps, beta)
+    if key not in _CACHE:
+        _CACHE[key] = Schedule(const_betas(num_timesteps, beta))
+    return _CACHE[key]

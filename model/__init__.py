@@ -1,17 +1,21 @@
-"""Patch-DM networks: the patch U-Net, semantic-code sources, the latent MLP, and official-checkpoint loading."""
+"""Patch-DM networks and everything that makes them: the patch U-Net (unet, blocks), the patch grid and feature
+collage (collage, canvas), the collage modes (collages), the denoiser over canvases and windows (denoiser), the
+semantic-code sources (codes), the latent MLP (latent), code fitting for unseen images (fit_code), and checkpoints
+(checkpoint: this project's files; official, safe_load: official files without pytorch-lightning)."""
 
 from __future__ import annotations
 
-from .encoder import CodeTable, ImageEncoder, NullCode
+from .codes import CodeTable, ImageEncoder, NullCode
+from .denoiser import Denoiser
 from .latent import LatentMLP
 from .official import LoadedModel, load_official_checkpoint
 from .patchdm import PatchDM
 from .safe_load import CheckpointError, read_checkpoint
 from .unet import PatchUNet
 
-__all__ = ["PatchDM", "build_patchdm", "PatchUNet", "ImageEncoder", "CodeTable", "NullCode", "LatentMLP", "LoadedModel",
-           "CheckpointError", "load_official_checkpoint", "read_checkpoint", "build_unet", "build_encoder",
-           "build_latent", "count_params", "unet_kwargs"]
+__all__ = ["PatchDM", "Denoiser", "build_patchdm", "PatchUNet", "ImageEncoder", "CodeTable", "NullCode", "LatentMLP",
+           "LoadedModel", "CheckpointError", "load_official_checkpoint", "read_checkpoint", "build_unet",
+           "build_encoder", "build_latent", "count_params", "unet_kwargs"]
 
 
 def build_unet(m) -> PatchUNet:
@@ -30,14 +34,14 @@ def build_patchdm(m, num_codes: int | None = None, code_init=None) -> PatchDM:
     if m.code_source == "table":
         if num_codes is None:
             raise ValueError("a code-table model needs num_codes")
-        enc = CodeTable(num_codes, m.code_dim, code_init)
+        source = CodeTable(num_codes, m.code_dim, code_init)
     elif m.code_source == "encoder":
-        enc = build_encoder(m)
+        source = build_encoder(m)
     elif m.code_source == "none":
-        enc = NullCode(m.code_dim)
+        source = NullCode(m.code_dim)
     else:
         raise ValueError(f"unknown code source {m.code_source!r}; choose table, encoder or none")
-    return PatchDM(enc, **unet_kwargs(m))
+    return PatchDM(source, **unet_kwargs(m))
 
 
 def build_encoder(m) -> ImageEncoder:

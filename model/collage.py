@@ -86,3 +86,30 @@ def grid_positions(rows: int, cols: int, offset: float = 0.0, device=None) -> to
     """
     r, c = torch.meshgrid(torch.arange(rows, device=device), torch.arange(cols, device=device), indexing="ij")
     return torch.stack([r.reshape(-1), c.reshape(-1)], dim=1).float() + offset
+
+
+def window_slice(window, p: int):
+    """Pixel slices of the 2x2-patch window with top-left padded-grid index window = (row, col), in the
+    half-patch-padded canvas."""
+    r, c = window
+    return slice(r * p, (r + 2) * p), slice(c * p, (c + 2) * p)
+
+
+def window_bounds(h: int, w: int, window, p: int) -> tuple:
+    """Where the 2p x 2p window (row, col) of the half-patch-padded canvas meets an H x W image: the image's
+    (row slice, column slice) inside the window and the zero padding (left, right, top, bottom) around it."""
+    s = p // 2
+    r0, c0 = window[0] * p - s, window[1] * p - s  # window origin in un-padded image coordinates
+    rows, cols = slice(max(0, r0), min(h, r0 + 2 * p)), slice(max(0, c0), min(w, c0 + 2 * p))
+    return rows, cols, (cols.start - c0, c0 + 2 * p - cols.stop, rows.start - r0, r0 + 2 * p - rows.stop)
+
+
+def window_crop(x0: torch.Tensor, window, p: int):
+    """The 2p x 2p window (row, col) of the half-patch-padded canvas, and its mask (1 on the image, 0 on padding).
+
+    x0 (B, C, H, W) -> (B, C, 2p, 2p) and (1, 1, 2p, 2p); only the window is materialised, never the padded canvas.
+    """
+    rows, cols, pad = window_bounds(*x0.shape[-2:], window, p)
+    crop = x0[..., rows, cols]
+    mask = torch.ones(1, 1, *crop.shape[-2:], device=x0.device, dtype=x0.dtype)
+    return F.pad(crop, pad), F.pad(mask, pad)

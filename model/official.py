@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from configs import PATCH_ARCH
-from .encoder import ImageEncoder
+from .codes import ImageEncoder
 from .latent import LatentMLP
 from .safe_load import CheckpointError, read_checkpoint, tensor_dict
 from .unet import PatchUNet

@@ -67,7 +67,7 @@ def parse_hw(text: str) -> tuple:
 def parse_bands(text: str, batch: int, hw: tuple, p: int) -> tuple:
     """--bands: 'auto' (bounded memory), 'off' (all patches at once, the official way), 'R' or 'RxC' tiles per band.
     Returns (band_rows, band_cols) for the samplers."""
-    from diffusion import auto_band
+    from model.canvas import auto_band
     text = text.lower()
     if text == "auto":
         return auto_band(batch, hw[0] // p, hw[1] // p)

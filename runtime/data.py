@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import CLIError, UserError
+from .rng import rng
 
 
 class StepBatchSampler(Sampler):
@@ -29,7 +30,7 @@ class StepBatchSampler(Sampler):
 
     def batch_at(self, step: int) -> list:
         epoch, k = divmod(step, self.steps_per_epoch)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        g = rng(self.seed, "order", epoch)
         start = k * self.batch * self.world + self.rank * self.batch
         batch = torch.randperm(self.n, generator=g)[start:start + self.batch].tolist()
         if self.window_of is not None:

@@ -5,10 +5,11 @@ import copy
 import pytest
 import torch
 
-from diffusion import canvas_eps, ddim_sample_canvas
-from diffusion.patch import (check_collage, pixel_shift, shifted_canvas_eps, window_crop, window_loss_terms)
-from model import build_patchdm, build_unet
-from model.collage import pad_half, split, stitch, wrap_axes
+from diffusion import canvas_eps, ddim_sample_canvas, default_schedule
+from model import Denoiser, build_patchdm, build_unet
+from model.canvas import shifted_canvas_eps
+from model.collage import pad_half, split, stitch, window_crop, wrap_axes
+from model.collages import collage_mode, pixel_shift
 
 P = 8
 
@@ -45,7 +46,7 @@ def test_no_code_model_has_no_code_parameters_and_zero_codes(tiny_cfg):
     cfg.model.code_source = "none"
     net = build_patchdm(cfg.model)
     table = build_patchdm(tiny_cfg.model, num_codes=5)
-    unet_keys = {k for k in table.state_dict() if not k.startswith("encoder.")}
+    unet_keys = {k for k in table.state_dict() if not k.startswith("encoder.")}  # the official file layout
     assert set(net.state_dict()) == unet_keys
     assert not net.uses_table and not net.needs_image
     code = net.codes(None, torch.tensor([0, 3]))
@@ -87,9 +88,9 @@ def test_shifted_canvas_eps_is_the_plain_network_on_each_shifted_patch(tiny_unet
 
 
 def test_pixel_shift_schedules():
-    assert check_collage("feature") == "feature"
+    assert collage_mode("feature").name == "feature"
     with pytest.raises(ValueError, match="collage"):
-        check_collage("pixel")
+        collage_mode("pixel")
     assert [pixel_shift("none", k, P) for k in range(4)] == [(0, 0)] * 4
     assert [pixel_shift("pixel_fixed", k, P) for k in range(4)] == [(0, 0), (4, 4), (0, 0), (4, 4)]
     rnd = [pixel_shift("pixel_random", k, P, seed=3) for k in range(40)]
@@ -105,8 +106,8 @@ def test_loss_ablations_change_only_their_term(tiny_unet):
     x_win, mask = window_crop(x0, window, P)
 
     def terms(collage, offset=None):
-        return window_loss_terms(tiny_unet, x_win, mask, t, noise, window, code, P, per_image=True, collage=collage,
-                                 offset=offset)
+        return Denoiser(tiny_unet, P, collage).loss_terms(x_win, mask, t, noise, window, code, default_schedule(),
+                                                          offset=offset)
 
     feat, fixed, rnd, none = terms("feature"), terms("pixel_fixed"), terms("pixel_random", (1, 6)), terms("none")
     assert torch.equal(feat[1], fixed[1]) and torch.equal(feat[1], rnd[1])  # the un-shifted term is untouched
@@ -114,7 +115,6 @@ def test_loss_ablations_change_only_their_term(tiny_unet):
     assert torch.equal(none[0], fixed[0]) and not none[1].any()
     assert torch.equal(terms("pixel_random", (P // 2, P // 2))[0], fixed[0])
     # pixel_fixed's shift term is the plain network on the window's centre patch at (row + 1/2, col + 1/2)
-    from diffusion import default_schedule
     xt = default_schedule().q_sample(x_win, t, noise) * mask
     pred = tiny_unet(xt[..., 4:12, 4:12], t, torch.tensor([[1.5, 2.5]]).repeat(3, 1), code)
     assert torch.allclose(fixed[0], ((noise[..., 4:12, 4:12] - pred) ** 2).mean(dim=(1, 2, 3)), atol=1e-6)
@@ -208,7 +208,7 @@ def test_known_region_streamed_equals_whole(tiny_unet):
 
 
 def test_canvases_beyond_the_training_size_extend_the_position_grid(tiny_unet):
-    """Faithful (spec §2.3): a larger canvas uses larger coordinates, no normalisation or wrapping of positions."""
+    """Faithful: a larger canvas uses larger coordinates, no normalisation or wrapping of positions."""
     seen = []
     orig = tiny_unet.embed
 

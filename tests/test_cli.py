@@ -189,13 +189,14 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(lmdb_path, codes, tmp_pa
     assert _train(lmdb_path, codes, runs, "exp", 2) == 0
     ckpt = runs / "exp" / "checkpoints" / "last.pt"
     before = ckpt.read_bytes()
-    real = train.window_loss_terms
+    from model import Denoiser
+    real = Denoiser.loss_terms
 
     def poisoned(*a, **k):
         s, n = real(*a, **k)
         return s * float("nan"), n
 
-    monkeypatch.setattr(train, "window_loss_terms", poisoned)
+    monkeypatch.setattr(Denoiser, "loss_terms", poisoned)
     rc = _train(lmdb_path, codes, runs, "exp", 4)
     err = capsys.readouterr().err
     assert rc == 2 and "non-finite loss" in err and str(ckpt) in err
@@ -269,7 +270,7 @@ def test_torchrun_two_processes_match_one(lmdb_path, codes, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["jpeg", "raw"])
 def test_windowed_items_equal_cropping_the_full_image(photos, tmp_path, fmt):
-    from diffusion.patch import window_crop
+    from model.collage import window_crop
     out = tmp_path / f"{fmt}.lmdb"
     assert run_cli(img2lmdb.main, ["-i", str(photos), "-o", str(out), "-n", "1", "--config", "tiny",
                                    "--format", fmt]) == 0

@@ -179,7 +179,7 @@ def test_latent_loss_is_l1(tiny_latent):
 
 
 def test_window_and_cfg_masks_are_seeded_and_in_range():
-    from diffusion import cfg_keep_masks, sample_window
+    from training.draws import cfg_keep_masks, sample_window
     wins = {sample_window(16, 24, 8, torch.Generator().manual_seed(s)) for s in range(200)}
     assert wins == {(r, c) for r in range(2) for c in range(3)}
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
@@ -218,8 +218,7 @@ def test_banded_ddim(tiny_unet):
 
 
 def test_window_crop_equals_slicing_the_padded_canvas():
-    from diffusion.patch import window_crop, window_slice
-    from model.collage import pad_half
+    from model.collage import pad_half, window_crop, window_slice
     x0 = torch.randn(2, 3, 16, 24)
     for r in range(2):
         for c in range(3):
@@ -230,7 +229,8 @@ def test_window_crop_equals_slicing_the_padded_canvas():
 
 
 def test_window_loss_equals_full_canvas_loss(tiny_unet):
-    from diffusion.patch import window_crop, window_loss_terms, window_slice
+    from model import Denoiser
+    from model.collage import window_crop, window_slice
     x0 = torch.rand(2, 3, 16, 24) * 2 - 1
     noise = torch.randn(2, 3, 24, 32)
     t, code = torch.tensor([10, 700]), torch.randn(2, D)
@@ -239,7 +239,8 @@ def test_window_loss_equals_full_canvas_loss(tiny_unet):
             full = patch_loss_terms(tiny_unet, x0, t, noise, window, code, P, per_image=True)
             rs, cs = window_slice(window, P)
             x_win, m_win = window_crop(x0, window, P)
-            win = window_loss_terms(tiny_unet, x_win, m_win, t, noise[..., rs, cs], window, code, P, per_image=True)
+            win = Denoiser(tiny_unet, P).loss_terms(x_win, m_win, t, noise[..., rs, cs], window, code,
+                                                    default_schedule())
             assert all(torch.equal(a, b) for a, b in zip(full, win))
 
 
@@ -266,7 +267,7 @@ def test_column_chunked_bands_equal_all_at_once(tiny_unet, rows, cols):
 
 
 def test_auto_band():
-    from diffusion import auto_band
+    from model.canvas import auto_band
     assert auto_band(1, 8, 16) == (None, None)        # 512x1024 (patch 64): all at once
     assert auto_band(4, 8, 16) == (None, None)        # at batch 4 too (512 tiles)
     assert auto_band(8, 8, 16) == (1, 8)              # batch 8: one row, 8 columns of each image per band

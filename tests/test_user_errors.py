@@ -238,7 +238,7 @@ def test_young_emas_are_reported_where_they_are_sampled(young_full, tmp_path, ca
 
 
 def test_raw_means_raw_weights_for_every_network(young_full):
-    from runtime.runs import load
+    from model.checkpoint import load
     trained = torch.load(young_full / "exp" / "checkpoints" / "last.pt", weights_only=True)
     full = torch.load(young_full / "lat" / "checkpoints" / "last.pt", weights_only=True)
     raw, ema = load(young_full / "lat" / "checkpoints" / "last.pt", raw=True), \
@@ -276,13 +276,14 @@ def test_images_smaller_than_the_preset_are_refused(lmdb_path, codes, tmp_path, 
 
 
 def test_a_failed_start_leaves_no_run_folder(lmdb_path, codes, tmp_path, capsys, monkeypatch):
-    real = train.window_loss_terms
+    from model import Denoiser
+    real = Denoiser.loss_terms
 
     def poisoned(*a, **k):
         s, n = real(*a, **k)
         return s * float("nan"), n
 
-    monkeypatch.setattr(train, "window_loss_terms", poisoned)
+    monkeypatch.setattr(Denoiser, "loss_terms", poisoned)
     assert train_run(lmdb_path, codes, tmp_path / "runs", "x", 3) == 2
     assert "non-finite loss" in capsys.readouterr().err
     assert os.listdir(tmp_path / "runs") == []
@@ -327,7 +328,8 @@ def test_resume_refuses_a_change_of_meaning_unless_asked(lmdb_path, codes, tmp_p
 def test_ctrl_c_saves_and_the_resumed_run_equals_the_straight_one(lmdb_path, codes, tmp_path, capsys, monkeypatch):
     runs = tmp_path / "runs"
     assert train_run(lmdb_path, codes, runs, "straight", 4) == 0
-    real, calls = train.optimizer_step, []
+    import training.patchdm as trainer
+    real, calls = trainer.optimizer_step, []
 
     def interrupt_at_second_step(*a, **k):
         calls.append(1)
@@ -335,11 +337,11 @@ def test_ctrl_c_saves_and_the_resumed_run_equals_the_straight_one(lmdb_path, cod
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of step 2
         return real(*a, **k)
 
-    monkeypatch.setattr(train, "optimizer_step", interrupt_at_second_step)
+    monkeypatch.setattr(trainer, "optimizer_step", interrupt_at_second_step)
     assert train_run(lmdb_path, codes, runs, "cut", 4) == 130
     assert "stopped at step 2; saved" in capsys.readouterr().err
     assert torch.load(runs / "cut" / "checkpoints" / "last.pt", weights_only=True)["step"] == 2
-    monkeypatch.setattr(train, "optimizer_step", real)
+    monkeypatch.setattr(trainer, "optimizer_step", real)
     assert train_run(lmdb_path, codes, runs, "cut", 4) == 0
     straight = [json.loads(line) for line in (runs / "straight" / "stats.jsonl").read_text().splitlines()]
     cut = [json.loads(line) for line in (runs / "cut" / "stats.jsonl").read_text().splitlines()]

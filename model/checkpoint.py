@@ -1,4 +1,4 @@
-"""This project's checkpoint files and code tables: one loader for every file a script may be given.
+"""Checkpoint files: ``load(path)`` gives the one Bundle every script samples with, whatever the file.
 
 Formats that load (everywhere a checkpoint is taken):
   patchdm-train-v1   train.py's last.pt: {format, config, step, samples, num_codes, model (raw), ema, opt, scaler}
@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from configs import from_dict, get_preset, set_patch_size, to_dict
-from model.safe_load import read_checkpoint
-from .errors import CLIError
+from .safe_load import CheckpointError, read_checkpoint
 
 TRAIN_FORMAT = "patchdm-train-v1"
 FULL_FORMAT = "patchdm-full-v1"
@@ -34,58 +33,9 @@ def load_code_table(path) -> torch.Tensor:
     if isinstance(obj, dict):
         obj = obj.get("semantic_enc.weight", obj.get(TABLE_KEY))
     if not isinstance(obj, torch.Tensor) or obj.ndim != 2:
-        raise CLIError(f"{path} holds no [N, D] code table (expected {{'model_state_dict': "
+        raise CheckpointError(f"{path} holds no [N, D] code table (expected {{'model_state_dict': "
                        "{'semantic_enc.weight': tensor}}, as initialize.py writes)")
     return obj.float()
-
-
-def config_changes(saved, now) -> list:
-    """[(dotted field, saved value, new value)] for every field in which two configs differ."""
-    def walk(a, b, prefix):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            va, vb = a.get(k), b.get(k)
-            if isinstance(va, dict) and isinstance(vb, dict):
-                out += walk(va, vb, f"{prefix}{k}.")
-            elif va != vb and not (isinstance(va, (list, tuple)) and isinstance(vb, (list, tuple))
-                                   and list(va) == list(vb)):
-                out.append((f"{prefix}{k}", va, vb))
-        return out
-
-    return walk(to_dict(saved), to_dict(now), "")
-
-
-def _within(name: str, sections) -> bool:
-    return any(name == s or name.startswith(s + ".") for s in sections)
-
-
-def _described(changes) -> str:
-    return "; ".join(f"{n}={a!r} in the checkpoint, {b!r} now" for n, a, b in changes[:6])
-
-
-# Never changed by resuming: what the network is and what it is trained on.
-FIXED_ON_RESUME = ("name", "model", "data.image_size")
-
-
-def compatible_or_raise(ckpt: dict, cfg, fmt: str, path, free=None, allowed=()) -> None:
-    """Refuse to resume a checkpoint of another format, architecture or image size, naming the fields. With ``free``
-    (sections or fields that may change: how long and how the run executes), every other change of meaning (batch
-    size, precision, learning rate, seed, ...) is refused too, unless its field is in ``allowed``."""
-    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
-        raise CLIError(f"{path} is not a {fmt} checkpoint of this project")
-    changes = config_changes(from_dict(ckpt["config"]), cfg)  # fields added since the checkpoint take defaults
-    fixed = [c for c in changes if _within(c[0], FIXED_ON_RESUME)]
-    if fixed:
-        raise CLIError(f"{path} was trained with other settings ({_described(fixed)}); use the same settings "
-                       "or another --name")
-    if free is None:
-        return
-    meaning = [c for c in changes if not _within(c[0], free) and not _within(c[0], allowed)]
-    if meaning:
-        names = ",".join(n for n, _, _ in meaning)
-        raise CLIError(f"resuming {path} with other settings ({_described(meaning)}) would change what the run "
-                       f"means; leave them out to continue as before, pass --allow_change {names} to change them, "
-                       "or use another --name")
 
 
 def official_config(loaded):
@@ -112,8 +62,7 @@ def _patchdm_state(loaded) -> dict:
 def convert_official(obj, path) -> dict:
     """An official checkpoint (already read) as this project's dict: the train format, or the full format when it
     holds a latent MLP, with both the EMA (ema_model.) and the raw (model.) weights where the file has them."""
-    from model.official import official_modules
-    from model.safe_load import CheckpointError
+    from .official import official_modules
     found = {}
     for which, ema in (("ema", True), ("raw", False)):
         try:
@@ -122,10 +71,10 @@ def convert_official(obj, path) -> dict:
             if "no ema_model.* weights" not in str(e) and "no model.* weights" not in str(e):
                 raise
     if not found:
-        raise CLIError(f"{path} holds neither model.* nor ema_model.* weights")
+        raise CheckpointError(f"{path} holds neither model.* nor ema_model.* weights")
     main = found.get("ema") or found["raw"]
     if main.encoder is None and main.codes is None:
-        raise CLIError(f"{path} has neither a code table nor an image encoder")
+        raise CheckpointError(f"{path} has neither a code table nor an image encoder")
     cfg = official_config(main)
     step = obj.get("global_step") if isinstance(obj, dict) else None
     step = step if isinstance(step, int) else None
@@ -147,7 +96,7 @@ def read_project_checkpoint(path) -> dict:
     if isinstance(obj, dict) and obj.get("format") in (TRAIN_FORMAT, FULL_FORMAT):
         return obj
     if isinstance(obj, dict) and "format" in obj:
-        raise CLIError(f"{path} is a checkpoint of format {obj['format']!r}, which this version cannot read")
+        raise CheckpointError(f"{path} is a checkpoint of format {obj['format']!r}, which this version cannot read")
     return convert_official(obj, path)
 
 
@@ -176,17 +125,17 @@ class Bundle:
     step: int | None = None  # the Patch-DM network's training step, where known
 
 
-def _patch_weights(ck: dict, raw: bool, path) -> tuple:
+def patch_weights(ck: dict, raw: bool, path) -> tuple:
     """(state dict, EMA-or-raw) of the Patch-DM network of a project checkpoint dict."""
     if ck["format"] == TRAIN_FORMAT:
         if ck.get("official") and not ck["has_raw" if raw else "has_ema"]:
-            raise CLIError(f"{path} has no {'raw (model.*)' if raw else 'EMA (ema_model.*)'} weights: "
+            raise CheckpointError(f"{path} has no {'raw (model.*)' if raw else 'EMA (ema_model.*)'} weights: "
                            + ("drop --raw" if raw else "pass --raw"))
         return ck["model" if raw else "ema"], "raw" if raw else "ema"
     which = ck.get("patch_weights", "ema")
     if raw and which != "raw":
         if "patch_model_raw" not in ck:
-            raise CLIError(f"{path} holds only the {which} Patch-DM weights (written before full checkpoints kept "
+            raise CheckpointError(f"{path} holds only the {which} Patch-DM weights (written before full checkpoints kept "
                            "the raw ones): re-run train_latent.py on the train.py checkpoint, or drop --raw")
         return ck["patch_model_raw"], "raw"
     return ck["patch_model"], which
@@ -200,9 +149,9 @@ def load(path, raw: bool = False) -> Bundle:
 
 def bundle_of(ck: dict, path, raw: bool = False) -> Bundle:
     """``load`` on a checkpoint dict already read by ``read_project_checkpoint``."""
-    from model import build_latent, build_patchdm
+    from . import build_latent, build_patchdm
     cfg = from_dict(ck["config"])
-    sd, which = _patch_weights(ck, raw, path)
+    sd, which = patch_weights(ck, raw, path)
     full = ck["format"] == FULL_FORMAT
     step = ck.get("patch_step") if full else ck.get("step")
     if which == "ema":
@@ -218,12 +167,3 @@ def bundle_of(ck: dict, path, raw: bool = False) -> Bundle:
         bundle.latent, bundle.kind = latent.eval(), "full"
         bundle.z_mean, bundle.z_std = ck.get("z_mean"), ck.get("z_std")
     return bundle
-
-
-def restore_training(ckpt: dict, model, ema, opt, scaler, model_key: str, ema_key: str) -> int:
-    """Load model, EMA, optimizer and scaler states from a checkpoint dict; returns its step."""
-    model.load_state_dict(ckpt[model_key])
-    ema.load_state_dict(ckpt[ema_key])
-    opt.load_state_dict(ckpt["opt"])
-    scaler.load_state_dict(ckpt["scaler"])
-    return ckpt["step"]

@@ -1,0 +1,24 @@
+"""The latent DDPM over semantic codes: its L1 loss and its sampler (docs/FAITHFULNESS.md, "Latent DDPM")."""
+
+from __future__ import annotations
+
+import torch
+
+from .samplers import ddim
+from .schedule import Schedule, latent_schedule
+
+
+@torch.no_grad()
+def ddim_sample_latent(latent_net, z_T: torch.Tensor, steps: int = 50, schedule: Schedule | None = None,
+                       progress: bool = False) -> torch.Tensor:
+    """DDIM (eta 0, no clipping) through the latent MLP with its own schedule: z_T (B, D) -> codes (B, D)."""
+    sched = (schedule or latent_schedule()).respace(steps)
+    return ddim(latent_net, z_T, sched, clip_x0=False, progress=progress)
+
+
+def latent_loss(latent_net, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                schedule: Schedule | None = None) -> torch.Tensor:
+    """Latent DDPM loss: L1 between eps and the MLP's prediction, mean over dims then batch."""
+    sched = schedule or latent_schedule()
+    z_t = sched.q_sample(z0, t, noise)
+    return (noise - latent_net(z_t, t).float()).abs().mean()

@@ -1,0 +1,130 @@
+"""The collage modes: how the patches of a canvas are made to agree (paper Fig. 2, Table 4). Each mode is one small
+object that owns its canvas eps and its two-term training loss; the model's config names the mode and every sampler
+and trainer asks it.
+
+  feature       the official feature collage: the decoder sees the stitched, half-shifted encoder features.
+  pixel_fixed   pixel-space collage with a fixed half-patch shift: plain per-patch network; sampling alternates the
+                image grid and the half-shifted grid step by step (Fig. 2b).
+  pixel_random  the same with a random shift (a random crop of the window in training, a seeded random grid shift at
+                odd sampling steps).
+  none          independent patches on the image grid (Fig. 2a).
+
+The pixel-space modes are this project's reading of the paper (it gives no more detail): docs/FAITHFULNESS.md.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from configs import COLLAGES as COLLAGE_NAMES
+from runtime.rng import rng
+from .canvas import canvas_eps, decode_collaged, encode_grid, shifted_canvas_eps
+from .collage import crop_half, split
+
+
+def _plain_term(unet, h, skips, emb, code_p, target, mask, p, b):
+    """The un-shifted term: the plain decoder on the four window patches, padding masked out of the mean over all
+    3 p^2 elements (Faithful: the official masked mean divides by every element). Per image, (B,)."""
+    pred = unet.decode(h, skips, emb, code_p)
+    mask_p = split(mask.expand(b, -1, -1, -1), p)
+    return (((split(target, p) - pred.float()) ** 2) * mask_p).reshape(b, -1).mean(dim=1)
+
+
+class FeatureCollage:
+    """The official mode. Its canvas eps can be computed band by band, so samplers may update the canvas in place
+    (``streams``)."""
+
+    name, streams = "feature", True
+
+    def eps(self, unet, x_t, t, code, p, pos_keep=None, wrap="", band_rows=None, band_cols=None, step=0, seed=0):
+        return canvas_eps(unet, x_t, t, code, p, pos_keep, band_rows, band_cols, wrap)
+
+    def loss_terms(self, unet, x_t, target, mask, t, window, code, p, pos_keep=None, offset=None):
+        """(shift, noshift) per image for one 2x2 window: x_t, target (B, 3, 2p, 2p) and mask (1 or B, 1, 2p, 2p) are
+        the window of the padded canvas. shift: the collaged pass for the window's centre tile against the centre of
+        ``target``; noshift: ``_plain_term`` over the four window patches, from the same encoder pass."""
+        b = x_t.shape[0]
+        h, skips, emb, code_p = encode_grid(unet, split(x_t, p), (2, 2), window, t, code, pos_keep)
+        noshift = _plain_term(unet, h, skips, emb, code_p, target, mask, p, b)
+        pred = decode_collaged(unet, h, skips, (2, 2), window, t, code, pos_keep)
+        return ((crop_half(target, p) - pred.float()) ** 2).mean(dim=(1, 2, 3)), noshift
+
+
+class PixelCollage:
+    """Pixel-space collage: the plain per-patch network on shifted grids instead of shifted features."""
+
+    streams = False
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def shift(self, k: int, p: int, seed: int = 0) -> tuple:
+        """The grid shift (sy, sx) of sampling step k (k = 0 first): the image grid at even steps; at odd steps half
+        a patch (pixel_fixed) or uniform in 0..p-1 per axis, a function of (seed, k) only (pixel_random)."""
+        if k % 2 == 0:
+            return 0, 0
+        if self.name == "pixel_fixed":
+            return p // 2, p // 2
+        sy, sx = torch.randint(p, (2,), generator=rng(seed, "shift", k)).tolist()
+        return sy, sx
+
+    def eps(self, unet, x_t, t, code, p, pos_keep=None, wrap="", band_rows=None, band_cols=None, step=0, seed=0):
+        """The canvas eps of independent patches on this step's shifted grid; bands only bound how many patches one
+        forward sees (the patches are independent, so the result is the same)."""
+        max_patches = None
+        if band_rows is not None or band_cols is not None:
+            max_patches = x_t.shape[0] * (band_rows or x_t.shape[-2] // p + 1) * (band_cols or x_t.shape[-1] // p + 1)
+        return shifted_canvas_eps(unet, x_t, t, code, p, self.shift(step, p, seed), pos_keep, wrap, max_patches)
+
+    def shifted_term(self, unet, x_t, target, mask, t, window, code, p, pos_keep=None, offset=None):
+        """The plain network on the p x p crop at ``offset`` (dy, dx) inside the window (pixel_random; the centre
+        patch, offset (p/2, p/2), otherwise) at position (row + dy/p, col + dx/p), padding masked. Per image."""
+        b = x_t.shape[0]
+        dy, dx = offset if self.name == "pixel_random" else (p // 2, p // 2)
+        if not (0 <= dy < p and 0 <= dx < p):
+            raise ValueError(f"pixel shift offset {(dy, dx)} outside 0..{p - 1}")
+        rs, cs = slice(dy, dy + p), slice(dx, dx + p)
+        pos = torch.tensor([[window[0] + dy / p, window[1] + dx / p]], device=t.device).repeat(b, 1)
+        pred = unet(x_t[..., rs, cs], t, pos, code, pos_keep)
+        err = (target[..., rs, cs] - pred.float()) ** 2
+        return (err * mask[..., rs, cs]).reshape(b, -1).mean(dim=1)
+
+    def loss_terms(self, unet, x_t, target, mask, t, window, code, p, pos_keep=None, offset=None):
+        """(shifted term, the un-shifted term of the feature mode) per image."""
+        h, skips, emb, code_p = encode_grid(unet, split(x_t, p), (2, 2), window, t, code, pos_keep)
+        noshift = _plain_term(unet, h, skips, emb, code_p, target, mask, p, x_t.shape[0])
+        return self.shifted_term(unet, x_t, target, mask, t, window, code, p, pos_keep, offset), noshift
+
+
+class NoCollage(PixelCollage):
+    """Independent patches: always the image grid; the loss is pixel_fixed's shifted term alone (the window's centre
+    patch is an image-grid patch), the un-shifted term is 0."""
+
+    def __init__(self):
+        super().__init__("none")
+
+    def shift(self, k: int, p: int, seed: int = 0) -> tuple:
+        return 0, 0
+
+    def loss_terms(self, unet, x_t, target, mask, t, window, code, p, pos_keep=None, offset=None):
+        shift = self.shifted_term(unet, x_t, target, mask, t, window, code, p, pos_keep)
+        return shift, torch.zeros(x_t.shape[0], device=x_t.device)
+
+
+_MODES = {"feature": FeatureCollage(), "pixel_fixed": PixelCollage("pixel_fixed"),
+          "pixel_random": PixelCollage("pixel_random"), "none": NoCollage()}
+
+
+def collage_mode(name: str):
+    """The mode object of a collage name; ValueError naming the choices otherwise."""
+    if name not in _MODES:
+        raise ValueError(f"collage {name!r}: choose one of {', '.join(COLLAGE_NAMES)}")
+    return _MODES[name]
+
+
+def pixel_shift(name: str, k: int, p: int, seed: int = 0) -> tuple:
+    """The grid shift of sampling step k of a pixel-space mode (``PixelCollage.shift``)."""
+    mode = collage_mode(name)
+    if not isinstance(mode, PixelCollage):
+        raise ValueError("the feature collage has no pixel shift")
+    return mode.shift(k, p, seed)
