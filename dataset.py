@@ -1,6 +1,7 @@
 """Training images from an LMDB written by img2lmdb.py (or the official one), or from a plain image folder.
 
-Each item is (image, index): the image in [-1, 1] after the preset's official transform (spec §5.3) and its index,
+Each item is (image, index): the image in [-1, 1] after the preset's official transform (docs/FAITHFULNESS.md,
+"Data") and its index,
 which is the row of the semantic-code table. The LMDB is opened read-only and lock-free, lazily in each process,
 so the dataset is safe with DataLoader workers and DDP.
 """
@@ -63,7 +64,7 @@ class DataError(UserError):
 
 
 def geometric_transform(kind: str, image_size: tuple, resize: tuple):
-    """PIL -> PIL geometry of a preset (spec §5.3).
+    """PIL -> PIL geometry of a preset (FAITHFULNESS.md: Data).
 
     nature: exact resize to ``resize`` (512x1280), then centre crop ``image_size`` (512x1024).
     resize / resize_crop: shorter side to the target (torchvision Resize(S), bilinear), then centre crop.

@@ -1,4 +1,4 @@
-"""Pack a folder of images into an LMDB for training (official img2lmdb.py, fixed; spec §9.1).
+"""Pack a folder of images into an LMDB for training (official img2lmdb.py, fixed; FAITHFULNESS.md: Data).
 
     python img2lmdb.py --input photos/ --output data/nature.lmdb
     python img2lmdb.py --input photos/ --output data/nature512.lmdb --config nature   # store 512x1024 crops
@@ -15,7 +15,6 @@ is an output that is, contains or lies inside the input folder.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -45,7 +44,7 @@ def encode_one(job):
         with Image.open(path) as im:
             im.load()
             img = to_rgb(ImageOps.exif_transpose(im))
-        if geometry is not None:  # the preset's training geometry, applied once at write time (spec §5.3)
+        if geometry is not None:  # the preset's training geometry, applied once at write time (FAITHFULNESS.md: Data)
             img = geometric_transform(*geometry)(img)
         if fmt == "raw":
             return path, encode_raw(img), None
@@ -56,7 +55,8 @@ def encode_one(job):
         return path, None, f"{type(e).__name__}: {e}".splitlines()[0]
 
 
-# Deviation: the official script renamed the input files in place and keyed images by file stem (spec §9.1); here
+# Deviation: the official script renamed the input files in place and keyed images by file stem (FAITHFULNESS.md:
+# Official bugs and gaps); here
 # the input is only read and keys follow the sorted relative paths.
 def list_files(root: Path):
     """(images, others): every file under root, images by extension, both sorted by relative path."""

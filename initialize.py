@@ -1,4 +1,5 @@
-"""Initial semantic codes: one CLIP image embedding per training image (official initialize.py, spec §3.1).
+"""Initial semantic codes: one CLIP image embedding per training image (official initialize.py; FAITHFULNESS.md:
+Semantic codes).
 
     python initialize.py --data_path data/nature.lmdb --out_path data/nature_semantic.pt
     python initialize.py -d data/nature.lmdb -o sem.pt --clip_pretrained ~/ViT-B-16.pt   # OpenAI's original file
@@ -28,7 +29,7 @@ from runtime.cli import ArgumentParser, nonnegative_int, positive_int
 from runtime.errors import CLIError, one_line, run_cli
 from runtime.files import atomic_save, check_new_file
 
-CLIP_MODEL = "ViT-B-16-quickgelu"  # Faithful: OpenAI ViT-B/16 (QuickGELU), spec §3.1
+CLIP_MODEL = "ViT-B-16-quickgelu"  # Faithful: OpenAI ViT-B/16 (QuickGELU), FAITHFULNESS.md: Semantic codes
 HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 

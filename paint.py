@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from dataset import to_rgb, to_unit_tensor
-from diffusion import ddim_sample_latent, sample_canvas, schedule_from, space_timesteps
+from diffusion import ddim_sample_latent, latent_schedule, sample_canvas, schedule_from, space_timesteps
 from model import Denoiser
 from model.checkpoint import load
 from model.collage import WRAPS
@@ -153,6 +153,7 @@ def choose_code(args, net, cfg, latent, z_mean, z_std, x, m, device, k: int):
             raise CLIError("--code latent needs a checkpoint with a latent model (from train_latent.py)")
         g = rng(args.seed, "latent", k)
         code = ddim_sample_latent(latent, torch.randn(1, cfg.model.code_dim, generator=g).to(device),
+                                  schedule=latent_schedule(cfg.latent.num_timesteps, cfg.latent.beta),
                                   steps=cfg.sampling.latent_steps)
         return code if z_mean is None else code * z_std.to(device) + z_mean.to(device)
     if kind == "encoder":

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from diffusion import ddim_sample_latent, sample_canvas, schedule_from, space_timesteps
+from diffusion import ddim_sample_latent, latent_schedule, sample_canvas, schedule_from, space_timesteps
 from model import Denoiser
 from model.checkpoint import load
 from model.collage import WRAPS
@@ -146,6 +146,7 @@ def generate(args, d: D.Dist) -> None:
     unet = speed_up(cast_weights(unet.to(device), precision), args.compile, scope=args.compile_scope)
     latent = latent.to(device) if latent is not None else None
     den, sched = Denoiser(unet, p, cfg.model.collage), schedule_from(cfg.diffusion).respace(steps)
+    lat_sched = latent_schedule(cfg.latent.num_timesteps, cfg.latent.beta)
     created = make_parents(out / "0.png")
     done = 0
     bar = tqdm(total=len(todo), desc="generate", unit="img", dynamic_ncols=True, disable=not d.main)
@@ -156,7 +157,7 @@ def generate(args, d: D.Dist) -> None:
             if latent is None:  # the no-code ablation: the zero code
                 code = torch.zeros(len(ks), cfg.model.code_dim, device=device)
             else:
-                code = ddim_sample_latent(latent, torch.stack(z_T).to(device), steps=latent_steps)
+                code = ddim_sample_latent(latent, torch.stack(z_T).to(device), latent_steps, lat_sched)
             if z_mean is not None:
                 code = code * z_std.to(device) + z_mean.to(device)
             with autocast(device, precision):

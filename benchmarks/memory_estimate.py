@@ -154,7 +154,8 @@ def training_peak(preset: str, batch: int, precision: str = "bf16", checkpointin
                 noise = torch.randn(batch, 3, 2 * p, 2 * p)
                 with fake_autocast("cpu", precision):
                     shift, noshift = step_fn(x0, index, t, noise, (0, 0))  # memory is the same at any window
-                optimizer_step(net.parameters(), opt, scaler, shift.mean() + noshift.mean(), tc.grad_clip)  # the trainer's step
+                # the trainer's step
+                optimizer_step(net.parameters(), opt, scaler, shift.mean() + noshift.mean(), tc.grad_clip)
                 ema.update(net)
     return live.peak
 

@@ -1,6 +1,7 @@
 """Configuration: nested dataclasses and the paper's presets.
 
-Every official default is a named field with the spec section it comes from. ``get_preset(name)`` returns a
+Every official default is a named field marked "official" (docs/FAITHFULNESS.md describes each).
+``get_preset(name)`` returns a
 fresh ``Config``; ``override(cfg, ["training.batch_size=64", ...])`` applies dotted overrides;
 ``to_dict`` / ``from_dict`` round-trip a config through JSON (it is saved beside every run and in checkpoints).
 """
@@ -15,88 +16,88 @@ from dataclasses import dataclass, field
 
 @dataclass
 class ModelConfig:
-    patch_size: int = 64                    # §1.1 (64 | 128 | 256 in the official code)
-    model_channels: int = 64                # §1.1 net_ch (128 for patch 128/256, §1.4)
-    channel_mult: tuple = (1, 2, 4, 8)      # §1.1 (§1.4 for 128/256)
-    num_res_blocks: int = 2                 # §1.1: 2 encoder / 3 decoder blocks per level
-    attention_levels: tuple = (2,)          # §1.1 quirk: the counter starting at 64 selects level 2 for every patch
-    embed_channels: int = 512               # §1.1 time (256) + position (256)
-    pos_sinusoid: int = 64                  # §2.3 per axis, hard-coded 64 (position MLP input 128)
-    code_dim: int = 512                     # §2.5 semantic code width
-    dropout: float = 0.1                    # §1.1
-    code_source: str = "table"              # §2.5: "table" (CLIP-initialised, 1024 data) | "encoder" (256 data)
+    patch_size: int = 64                    # official (64 | 128 | 256)
+    model_channels: int = 64                # official: net_ch (128 for patch 128/256, set_patch_size)
+    channel_mult: tuple = (1, 2, 4, 8)      # official (128/256: set_patch_size)
+    num_res_blocks: int = 2                 # official: 2 encoder / 3 decoder blocks per level
+    attention_levels: tuple = (2,)          # official quirk: the counter starting at 64 selects level 2 for every patch
+    embed_channels: int = 512               # official: time (256) + position (256)
+    pos_sinusoid: int = 64                  # official: per axis, hard-coded 64 (position MLP input 128)
+    code_dim: int = 512                     # official: semantic code width
+    dropout: float = 0.1                    # official
+    code_source: str = "table"              # official "table" (CLIP-initialised, 1024 data) | "encoder" (256 data)
                                             #   | "none" (ablation, Table 4: no semantic code)
-    collage: str = "feature"                # §4 feature collage | ablations (Fig. 2, Table 4): "pixel_fixed",
+    collage: str = "feature"                # official feature collage | ablations (Fig. 2, Table 4): "pixel_fixed",
                                             #   "pixel_random" (pixel-space collage), "none" (independent patches)
-    use_position: bool = True               # §2.3; False = ablation without position embedding (Table 4)
-    encoder_channels: int = 64              # §3.3 image encoder base width
-    encoder_mult: tuple = (1, 2, 4, 8, 8)   # §3.3 (§1.4 for 128/256)
-    encoder_attention_levels: tuple = (2,)  # §3.3 nominal-resolution quirk again
+    use_position: bool = True               # official; False = ablation without position embedding (Table 4)
+    encoder_channels: int = 64              # official: image encoder base width
+    encoder_mult: tuple = (1, 2, 4, 8, 8)   # official (128/256: set_patch_size)
+    encoder_attention_levels: tuple = (2,)  # official nominal-resolution quirk again
 
 
 @dataclass
 class DiffusionConfig:
-    num_timesteps: int = 1000               # §5.2 T
-    beta_start: float = 1e-4                # §5.2 linear schedule, float64
+    num_timesteps: int = 1000               # official: T
+    beta_start: float = 1e-4                # official: linear schedule, float64
     beta_end: float = 0.02
 
 
 @dataclass
 class DataConfig:
-    path: str = "./dataset"                 # §11 the training images (LMDB or folder), train.py --data_path
+    path: str = "./dataset"                 # official: the training images (LMDB or folder), train.py --data_path
     code_table: str = ""                    # the initialize.py file the code table started from ("" : none)
-    image_size: tuple = (512, 1024)         # §5.3 training image (H, W)
-    transform: str = "nature"               # §5.3: nature | resize | resize_crop
-    resize: tuple = (512, 1280)             # §5.3 nature: exact resize before the centre crop
-    num_workers: int = 4                    # §9.2
+    image_size: tuple = (512, 1024)         # official: training image (H, W)
+    transform: str = "nature"               # official: nature | resize | resize_crop
+    resize: tuple = (512, 1280)             # official nature: exact resize before the centre crop
+    num_workers: int = 4                    # official
 
 
 @dataclass
 class TrainingConfig:
-    batch_size: int = 96                    # §11 train.py default (global batch)
-    lr: float = 1e-4                        # §5.2 Adam
-    weight_decay: float = 0.0               # §5.2
-    grad_clip: float = 1.0                  # §5.2 global L2 norm
-    ema_decay: float = 0.9999               # §5.2 constant from step 0
-    precision: str = "fp16"                 # §5.2 fp16 AMP
-    cfg: bool = False                       # §6 classifier-free-guidance dropout
-    cfg_code_drop: float = 0.1              # §6 code dropped when r < 0.1
-    cfg_pos_drop: float = 0.5               # §6 position dropped when r < 0.5
-    code_grad_scale: float = 1.0            # §3.2 hack: 0.5 for the LHQ (90000, 512) table, after clipping
-    save_every_samples: int = 100_000       # §5.2
-    sample_every_samples: int = 500_000     # §5.2
+    batch_size: int = 96                    # official: train.py default (global batch)
+    lr: float = 1e-4                        # official: Adam
+    weight_decay: float = 0.0               # official
+    grad_clip: float = 1.0                  # official: global L2 norm
+    ema_decay: float = 0.9999               # official: constant from step 0
+    precision: str = "fp16"                 # official: fp16 AMP
+    cfg: bool = False                       # official: classifier-free-guidance dropout
+    cfg_code_drop: float = 0.1              # official: code dropped when r < 0.1
+    cfg_pos_drop: float = 0.5               # official: position dropped when r < 0.5
+    code_grad_scale: float = 1.0            # official hack: 0.5 for the LHQ (90000, 512) table, after clipping
+    save_every_samples: int = 100_000       # official
+    sample_every_samples: int = 500_000     # official
     max_steps: int = 0                      # 0 = unbounded (official: 2e9 // batch)
     checkpointing: bool = False             # ours: activation checkpointing per block (less memory, same gradients)
     checkpoint_levels: int = 0              # ours: checkpoint only the k highest-resolution U-Net levels (0 = all)
-    seed: int = 0                           # §5.2
+    seed: int = 0                           # official
 
 
 @dataclass
 class LatentConfig:
-    hidden: int = 2048                      # §8 MLPSkipNet width
-    num_layers: int = 10                    # §8
-    time_sinusoid: int = 64                 # §8
-    num_timesteps: int = 1000               # §8
-    beta: float = 0.008                     # §8 constant beta
-    lr: float = 1e-4                        # §8 AdamW
-    weight_decay: float = 0.01              # §8
-    batch_size: int = 512                   # §8
-    total_samples: int = 60_000_000         # §8
-    save_every_samples: int = 5_000_000     # §8
-    ema_decay: float = 0.9999               # §8
-    grad_clip: float = 1.0                  # §8
-    precision: str = "fp16"                 # §8 fp16 autocast (fp32 on the CPU)
+    hidden: int = 2048                      # official: MLPSkipNet width
+    num_layers: int = 10                    # official
+    time_sinusoid: int = 64                 # official
+    num_timesteps: int = 1000               # official
+    beta: float = 0.008                     # official: constant beta
+    lr: float = 1e-4                        # official: AdamW
+    weight_decay: float = 0.01              # official
+    batch_size: int = 512                   # official
+    total_samples: int = 60_000_000         # official
+    save_every_samples: int = 5_000_000     # official
+    ema_decay: float = 0.9999               # official
+    grad_clip: float = 1.0                  # official
+    precision: str = "fp16"                 # official: fp16 autocast (fp32 on the CPU)
     max_steps: int = 0                      # 0 = total_samples // batch_size
-    znormalize: bool = False                # §8 (commit 7abc7dd)
+    znormalize: bool = False                # official (since commit 7abc7dd)
 
 
 @dataclass
 class SamplingConfig:
-    image_size: tuple = (512, 1024)         # §11 test.py default (H, W)
-    steps: int = 50                         # §7 ddim50
-    latent_steps: int = 50                  # §8 ddim50
-    cfg_scale: float = 0.0                  # §6: 0 = no guidance; the official w is 0.5 when enabled
-    clip_x0: bool = True                    # §7
+    image_size: tuple = (512, 1024)         # official: test.py default (H, W)
+    steps: int = 50                         # official: ddim50
+    latent_steps: int = 50                  # official: ddim50
+    cfg_scale: float = 0.0                  # 0 = no guidance; the official w is 0.5 with CFG
+    clip_x0: bool = True                    # official
 
 
 @dataclass
@@ -110,7 +111,7 @@ class Config:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 
-# Official channel tables per patch size (spec §1.4): (net_ch, unet mult, image-encoder mult).
+# Official channel tables per patch size (docs/FAITHFULNESS.md, Architecture): (net_ch, unet mult, image-encoder mult).
 PATCH_ARCH = {
     64: (64, (1, 2, 4, 8), (1, 2, 4, 8, 8)),
     128: (128, (1, 1, 2, 3, 4), (1, 1, 2, 3, 4, 4)),
@@ -119,7 +120,8 @@ PATCH_ARCH = {
 
 
 def set_patch_size(cfg: Config, patch_size: int) -> Config:
-    """Switch the U-Net and encoder to the official architecture for ``patch_size`` (spec §1.4)."""
+    """Switch the U-Net and encoder to the official architecture for ``patch_size`` (FAITHFULNESS.md:
+    Architecture)."""
     if patch_size not in PATCH_ARCH:
         raise ValueError(f"patch size {patch_size} has no official architecture; choose one of {sorted(PATCH_ARCH)}")
     ch, mult, enc_mult = PATCH_ARCH[patch_size]
@@ -136,7 +138,7 @@ def _paper(name, image_size, transform, resize=None, code_source="table", cfg=Fa
     c.training.cfg = cfg
     c.training.code_grad_scale = grad_scale
     c.sampling.image_size = image_size
-    # The official w = 0.5 is used where the model was trained with CFG dropout (spec §6).
+    # The official w = 0.5 is used where the model was trained with CFG dropout (docs/FAITHFULNESS.md, Guidance).
     c.sampling.cfg_scale = 0.5 if cfg else 0.0
     return c
 
@@ -171,12 +173,12 @@ def _small() -> Config:
 
 
 _BASE = {
-    # §5.3: "nature1024" is 1024 wide x 512 tall: resize to 512x1280, centre crop 512x1024; code table, no CFG.
+    # "nature1024" is 1024 wide x 512 tall: resize to 512x1280, centre crop 512x1024; code table, no CFG.
     "nature": lambda: _paper("nature", (512, 1024), "nature", resize=(512, 1280)),
-    # §3.2: the LHQ table's gradient is halved (the official shape-(90000, 512) hack).
+    # The LHQ table's gradient is halved (the official shape-(90000, 512) hack).
     "lhq1024": lambda: _paper("lhq1024", (1024, 1024), "resize", grad_scale=0.5),
     "ffhq1024": lambda: _paper("ffhq1024", (1024, 1024), "resize"),
-    # §5.3: 256 data use the jointly trained image encoder and CFG dropout.
+    # 256 data use the jointly trained image encoder and CFG dropout.
     "ffhq256": lambda: _paper("ffhq256", (256, 256), "resize", code_source="encoder", cfg=True),
     "church256": lambda: _paper("church256", (256, 256), "resize_crop", code_source="encoder", cfg=True),
     "bedroom256": lambda: _paper("bedroom256", (256, 256), "resize_crop", code_source="encoder", cfg=True),

@@ -1,4 +1,5 @@
-"""Noise schedules, timestep respacing and the closed-form diffusion quantities (spec §5.2, §7, §8).
+"""Noise schedules, timestep respacing and the closed-form diffusion quantities
+(FAITHFULNESS.md: Training loss, Sampling, Latent DDPM).
 
 Faithful: constants are computed in float64 (as the official numpy arrays) and cast to float32 when gathered at a
 timestep, exactly where the official ``_extract_into_tensor`` casts them.
@@ -11,12 +12,12 @@ import torch
 
 
 def linear_betas(num_timesteps: int = 1000, start: float = 1e-4, end: float = 0.02) -> torch.Tensor:
-    """Linear betas of the image model (spec §5.2), float64."""
+    """Linear betas of the image model (FAITHFULNESS.md: Training settings), float64."""
     return torch.from_numpy(np.linspace(start, end, num_timesteps, dtype=np.float64))
 
 
 def const_betas(num_timesteps: int = 1000, beta: float = 0.008) -> torch.Tensor:
-    """Constant betas of the latent DDPM ('const0.008', spec §8), float64."""
+    """Constant betas of the latent DDPM ('const0.008', FAITHFULNESS.md: Latent DDPM), float64."""
     return torch.full((num_timesteps,), beta, dtype=torch.float64)
 
 

@@ -1,7 +1,7 @@
 """FID with the TF-FID InceptionV3 of pytorch-fid (pool3, 2048-d), from a local weights file.
 
 Network: ``pytorch_fid.inception.InceptionV3`` (the port of TensorFlow's 2015-12-05 Inception used by every
-published FID, including the paper's pytorch-fid 0.2.0 pin, spec §10). Its weights are never downloaded here: they
+published FID, including the paper's pytorch-fid 0.2.0 pin). Its weights are never downloaded here: they
 are read from a file (``--weights``) or from the torch hub cache, where pytorch-fid itself keeps them
 (``$TORCH_HOME/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth``). As torch hub does, the file is accepted as
 genuine when its SHA-256 starts with the 8 hex digits in its name; other weights give a Fréchet distance that is

@@ -1,4 +1,4 @@
-"""Building blocks of the Patch-DM U-Net (spec §1.3, §2.1).
+"""Building blocks of the Patch-DM U-Net (FAITHFULNESS.md: Architecture, Conditioning).
 
 Module and parameter names mirror the official code so that an official state dict loads by name:
 ``in_layers``, ``emb_layers``, ``cond_emb_layers``, ``out_layers``, ``skip_connection``, ``norm``, ``qkv``,
@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 
 def sinusoid(v: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of scalars, spec §2.1.
+    """Sinusoidal embedding of scalars, FAITHFULNESS.md: Conditioning
 
     v: (n,) any real values (fractional positions are allowed). Returns (n, dim) = [cos(v f), sin(v f)] with
     f_k = exp(-ln(max_period) k / (dim/2)); the cos block comes first, as in the official code.
@@ -35,7 +35,8 @@ class GroupNorm32(nn.GroupNorm):
 
 
 def norm(channels: int) -> GroupNorm32:
-    """Faithful: min(32, C) groups, eps 1e-5, as the official ``normalization`` helper (spec §1.1)."""
+    """Faithful: min(32, C) groups, eps 1e-5, as the official ``normalization`` helper (FAITHFULNESS.md:
+    Architecture)."""
     return GroupNorm32(min(32, channels), channels)
 
 
@@ -74,7 +75,8 @@ class Checkpointable(nn.Module):
 
 
 class ResBlock(Checkpointable):
-    """Two-condition ResBlock (spec §1.3), or the unconditioned variant of the image encoder (spec §3.3).
+    """Two-condition ResBlock, or the unconditioned variant of the image encoder (FAITHFULNESS.md:
+    Architecture).
 
     Conditioned: out = skip(x) + conv(drop(SiLU((GN(h) * (1 + s_t) + b_t) * (1 + c)))), where
     (s_t, b_t) = Linear(SiLU(emb)) and c = Linear(SiLU(code)); h = conv(resample(SiLU(GN(x)))).
@@ -93,7 +95,7 @@ class ResBlock(Checkpointable):
             self.cond_emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(code_dim, ch_out))
             self.out_layers = nn.Sequential(norm(ch_out), nn.SiLU(), nn.Dropout(dropout),
                                             zero_(nn.Conv2d(ch_out, ch_out, 3, padding=1)))
-        # Faithful: the skip is a 1x1 conv when the width changes, never a 3x3 conv (spec §1.3).
+        # Faithful: the skip is a 1x1 conv when the width changes, never a 3x3 conv (FAITHFULNESS.md: Architecture).
         self.skip_connection = nn.Identity() if ch_in == ch_out else nn.Conv2d(ch_in, ch_out, 1)
 
     def _forward(self, x, emb=None, code=None):
@@ -115,7 +117,7 @@ class ResBlock(Checkpointable):
 
 
 class AttentionBlock(Checkpointable):
-    """Single-head self-attention over the tokens of one patch (spec §1.3).
+    """Single-head self-attention over the tokens of one patch (FAITHFULNESS.md: Architecture).
 
     Faithful: legacy QKV layout (q, k, v stacked along channels), q and k scaled by C^-1/4 each; computed with
     scaled-dot-product attention, which is the same function (softmax(q k^T / sqrt(C)) v).

@@ -22,7 +22,7 @@ def encode_grid(unet, patches, grid, origin, t, code, pos_keep=None):
     """Encoder half + middle on a padded grid of patches.
 
     patches (B*rows*cols, 3, p, p) ordered (image, row, col); grid (rows, cols); origin (row0, col0) is the padded-grid
-    index of the first patch (integer encoder positions row0+r, col0+c, spec §2.3); t (B,); code (B, D);
+    index of the first patch (integer encoder positions row0+r, col0+c); t (B,); code (B, D);
     pos_keep (B,) or None. Returns (h, skips, emb, code_patch) of the patches.
     """
     b, n = t.shape[0], grid[0] * grid[1]
@@ -36,7 +36,8 @@ def encode_grid(unet, patches, grid, origin, t, code, pos_keep=None):
 def decode_collaged(unet, h, skips, grid, origin, t, code, pos_keep=None):
     """Collage the bottleneck and every skip of a padded grid, then decode the (rows-1)x(cols-1) shifted tiles.
 
-    Decoder positions are origin + (i + 0.5, j + 0.5) (spec §2.3). Returns eps (B*(rows-1)*(cols-1), 3, p, p).
+    Decoder positions are origin + (i + 0.5, j + 0.5) (FAITHFULNESS.md: Conditioning).
+    Returns eps (B*(rows-1)*(cols-1), 3, p, p).
     """
     b = t.shape[0]
     inner = (grid[0] - 1, grid[1] - 1)

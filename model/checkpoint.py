@@ -82,7 +82,7 @@ def convert_official(obj, path) -> dict:
           "model": _patchdm_state(found[("raw" if "raw" in found else "ema")]),
           "ema": _patchdm_state(main), "has_raw": "raw" in found, "has_ema": "ema" in found}
     if main.latent_net is not None:
-        # Faithful: the official latent MLP is trained on the raw table and sampled with its EMA (spec §8).
+        # Faithful: the official latent MLP is sampled with its EMA (FAITHFULNESS.md: Latent DDPM).
         ck = {"format": FULL_FORMAT, "config": ck["config"], "official": True, "step": step,
               "patch_model": ck["ema"], "patch_weights": "ema", "patch_model_raw": ck["model"],
               "latent": main.latent_net.state_dict(),
@@ -130,13 +130,13 @@ def patch_weights(ck: dict, raw: bool, path) -> tuple:
     if ck["format"] == TRAIN_FORMAT:
         if ck.get("official") and not ck["has_raw" if raw else "has_ema"]:
             raise CheckpointError(f"{path} has no {'raw (model.*)' if raw else 'EMA (ema_model.*)'} weights: "
-                           + ("drop --raw" if raw else "pass --raw"))
+                                  + ("drop --raw" if raw else "pass --raw"))
         return ck["model" if raw else "ema"], "raw" if raw else "ema"
     which = ck.get("patch_weights", "ema")
     if raw and which != "raw":
         if "patch_model_raw" not in ck:
-            raise CheckpointError(f"{path} holds only the {which} Patch-DM weights (written before full checkpoints kept "
-                           "the raw ones): re-run train_latent.py on the train.py checkpoint, or drop --raw")
+            raise CheckpointError(f"{path} holds only the {which} Patch-DM weights (written before full checkpoints "
+                                  "kept the raw ones): re-run train_latent.py on the train.py checkpoint, or drop --raw")
         return ck["patch_model_raw"], "raw"
     return ck["patch_model"], which
 

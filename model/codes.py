@@ -1,4 +1,5 @@
-"""Semantic-code sources (spec §2.5, §3): a trainable code table, or the jointly trained image encoder."""
+"""Semantic-code sources (FAITHFULNESS.md: Semantic codes): a trainable code table, or the jointly trained image
+encoder."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ class NullCode(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """Half U-Net image encoder for 256x256 data (official ``BeatGANsEncoderModel``, spec §3.3).
+    """Half U-Net image encoder for 256x256 data (official ``BeatGANsEncoderModel``, FAITHFULNESS.md: Semantic codes).
 
     Unconditioned ResBlocks, down-sampling ResBlocks between levels, attention at ``attention_levels``
     (Faithful: level 2, from the nominal resolution counter starting at 64), middle RB-Attn-RB, then

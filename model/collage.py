@@ -1,4 +1,4 @@
-"""Patch grids and the feature collage (spec §4), as small pure tensor functions.
+"""Patch grids and the feature collage (FAITHFULNESS.md: Feature collage), as small pure tensor functions.
 
 Glossary: ``p`` patch (or feature-tile) size, ``grid = (rows, cols)``, ``shift = p // 2``. Patches are ordered
 (image, row, col) everywhere. Training, sampling and tests all use these functions.
@@ -70,7 +70,7 @@ def crop_half(canvas: torch.Tensor, p: int) -> torch.Tensor:
 
 
 def collage(features: torch.Tensor, grid: tuple) -> torch.Tensor:
-    """Feature collage: stitch the padded grid, crop half a tile, re-cut (spec §4).
+    """Feature collage: stitch the padded grid, crop half a tile, re-cut (FAITHFULNESS.md: Feature collage).
 
     features (B*R*C, ch, s, s) for a padded grid (R, C) -> (B*(R-1)*(C-1), ch, s, s), the tiles aligned with the
     un-padded image. ``s`` is the feature size at this level, so the crop is always half a patch.
@@ -82,7 +82,8 @@ def collage(features: torch.Tensor, grid: tuple) -> torch.Tensor:
 def grid_positions(rows: int, cols: int, offset: float = 0.0, device=None) -> torch.Tensor:
     """(rows*cols, 2) float (row, col) positions in patch units, row-major, plus ``offset``.
 
-    Encoder positions of a padded grid use offset 0 (integers); decoder positions use 0.5 (spec §2.3).
+    Encoder positions of a padded grid use offset 0 (integers); decoder positions use 0.5 (FAITHFULNESS.md:
+    Conditioning).
     """
     r, c = torch.meshgrid(torch.arange(rows, device=device), torch.arange(cols, device=device), indexing="ij")
     return torch.stack([r.reshape(-1), c.reshape(-1)], dim=1).float() + offset

@@ -34,7 +34,7 @@ class FeatureCollage:
     """The official mode. Its canvas eps can be computed band by band, so samplers may update the canvas in place
     (``streams``)."""
 
-    name, streams = "feature", True
+    name, streams, random_offset = "feature", True, False
 
     def eps(self, unet, x_t, t, code, p, pos_keep=None, wrap="", band_rows=None, band_cols=None, step=0, seed=0):
         return canvas_eps(unet, x_t, t, code, p, pos_keep, band_rows, band_cols, wrap)
@@ -57,6 +57,7 @@ class PixelCollage:
 
     def __init__(self, name: str):
         self.name = name
+        self.random_offset = name == "pixel_random"  # training draws the crop's offset inside the window
 
     def shift(self, k: int, p: int, seed: int = 0) -> tuple:
         """The grid shift (sy, sx) of sampling step k (k = 0 first): the image grid at even steps; at odd steps half

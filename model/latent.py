@@ -1,4 +1,4 @@
-"""The latent DDPM's denoiser: DiffAE's MLP with skip inputs (official ``MLPSkipNet``, spec §8)."""
+"""The latent DDPM's denoiser: DiffAE's MLP with skip inputs (official ``MLPSkipNet``, FAITHFULNESS.md: Latent DDPM)."""
 
 from __future__ import annotations
 

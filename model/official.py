@@ -46,7 +46,7 @@ def split_official_state(state: dict, ema: bool) -> dict:
     if not picked:
         raise CheckpointError(f"no {want}* weights in this checkpoint" + (" (pass ema=False for the raw weights)"
                                                                           if ema else ""))
-    # Faithful: the official latent script renames a legacy table key (spec §8).
+    # Faithful: the official latent script renames a legacy table key (FAITHFULNESS.md: Latent DDPM).
     legacy = "semantic_enc.semantic_enc.weight"
     if legacy in picked and TABLE_KEY not in picked:
         picked[TABLE_KEY] = picked.pop(legacy)

@@ -1,6 +1,7 @@
-"""The Patch-DM patch denoiser: an ADM/DiffAE U-Net split into an encoder half and a decoder half (spec §1, §2).
+"""The Patch-DM patch denoiser: an ADM/DiffAE U-Net split into an encoder half and a decoder half
+(FAITHFULNESS.md: Architecture, Conditioning).
 
-The two halves are separate methods so that the feature collage (spec §4) can sit between them:
+The two halves are separate methods so that the feature collage (FAITHFULNESS.md: Feature collage) can sit between them:
 ``encode`` sees each padded patch alone, the caller collages the bottleneck and every skip, and ``decode``
 predicts eps for the shifted patches. ``forward`` is the plain per-patch network (no collage).
 """
@@ -14,7 +15,7 @@ from .blocks import AttentionBlock, CondSequential, ResBlock, at_level, encoder_
 
 
 class TimePosEmbed(nn.Module):
-    """Time and position embedding MLPs (official ``TimeStyleSeperateEmbed``, spec §2.2–2.4).
+    """Time and position embedding MLPs (official ``TimeStyleSeperateEmbed``, FAITHFULNESS.md: Conditioning).
 
     Returns concat(time_mlp(sin(t)), pos_mlp([sin(row), sin(col)])), time first. The semantic-code "style" map
     of the official module is the identity for 512-d codes, so it has no module here.
@@ -30,7 +31,8 @@ class TimePosEmbed(nn.Module):
     def forward(self, t: torch.Tensor, pos: torch.Tensor, pos_keep: torch.Tensor | None = None) -> torch.Tensor:
         """t (n,) integer timesteps; pos (n, 2) (row, col) in patch units; pos_keep (n,) 0/1 or None.
 
-        Faithful (spec §6): a dropped position zeroes the sinusoid BEFORE the MLP, so the null position is MLP(0).
+        Faithful (FAITHFULNESS.md: Guidance): a dropped position zeroes the sinusoid BEFORE the MLP, so the null
+        position is MLP(0).
         """
         p = torch.cat([sinusoid(pos[:, 0], self.pos_in), sinusoid(pos[:, 1], self.pos_in)], dim=1)
         if pos_keep is not None:
@@ -46,7 +48,8 @@ class PatchUNet(nn.Module):
         channel_mult: width multipliers per level.
         num_res_blocks: ResBlocks per level in the encoder half (decoder half has one more).
         attention_levels: level indices with attention. Faithful: the official counter starts at the literal 64
-            and inserts attention where it reads 16, i.e. always level 2 whatever the patch size (spec §1.1).
+            and inserts attention where it reads 16, i.e. always level 2 whatever the patch size (FAITHFULNESS.md:
+            Architecture).
         embed_channels: width of the time+position embedding (two halves of embed_channels/2).
         code_dim: width of the semantic code.
         pos_sinusoid: sinusoid width per position axis (64; the position MLP input is twice that).

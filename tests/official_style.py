@@ -1,6 +1,7 @@
 """A second, independent expression of the official Patch-DM computations, used only by tests.
 
-It reads raw state-dict tensors by their official names and follows the official code's structure (spec §1–§7):
+It reads raw state-dict tensors by their official names and follows the official code's structure
+(docs/FAITHFULNESS.md):
 per-level skip lists popped LIFO, ``apply_conditions`` order, ``QKVAttentionLegacy`` reshapes, collage applied to a
 skip when its batch differs from h's, patchify of the whole padded canvas, and the DDIM update done per padded
 patch before stitching and cropping. The project's modules are checked against it.
@@ -89,7 +90,7 @@ def run_block(sd, pre, x, emb, cond, lateral=None):
 
 
 def annotate_updown(sd, levels, blocks_per_level=2):
-    """Mark which ResBlocks resample, by the official construction order (spec §1.2)."""
+    """Mark which ResBlocks resample, by the official construction order (FAITHFULNESS.md: Architecture)."""
     ud = {}
     k = 1 + blocks_per_level
     for _ in range(levels - 1):

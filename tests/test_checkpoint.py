@@ -2,45 +2,13 @@ import os
 import pickle
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
 from diffusion import canvas_eps
 from model import CheckpointError, load_official_checkpoint
-from tests.test_model import read_tsv
-
-DATA = Path(__file__).parent / "data"
-
-
-def synthetic_state(tsv, seed=0):
-    """Random tensors for every key of an official listing; the latent MLP's tied Linear stays tied."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for key, shape in read_tsv(DATA / tsv).items():
-        twin = key.replace(".linear_emb.", ".cond_layers.1.")
-        sd[key] = sd[twin] if twin in sd else 0.05 * torch.randn(shape, generator=g)
-    for key, shape in list(sd.items()):
-        twin = key.replace(".cond_layers.1.", ".linear_emb.")
-        if twin in sd:
-            sd[key] = sd[twin]
-    return sd
-
-
-def lightning_file(path, sd, raw_changes=(), extra=None):
-    """An official-style Lightning checkpoint: ema_model.* = sd, model.* = sd except ``raw_changes``."""
-    state = {}
-    for k, v in sd.items():
-        state["ema_model." + k] = v
-        state["model." + k] = v + 1 if k in raw_changes else v
-    state["x_T"] = torch.zeros(1, 3, 64, 64)
-    ckpt = {"epoch": 3, "global_step": 1000, "pytorch-lightning_version": "1.4.5", "state_dict": state,
-            "optimizer_states": [], "lr_schedulers": []}
-    ckpt.update(extra or {})
-    torch.save(ckpt, path)
-    return path
-
+from tests.helpers import DATA, lightning_file, synthetic_state
 
 @pytest.mark.slow
 def test_full_official_listing_loads_every_key(tmp_path):
@@ -196,3 +164,31 @@ def test_untied_latent_linear_is_refused(tmp_path):
     sd["latent_net.layers.3.linear_emb.bias"] = sd["latent_net.layers.3.linear_emb.bias"] + 1
     with pytest.raises(CheckpointError, match="tied"):
         load_official_checkpoint(lightning_file(tmp_path / "untied.ckpt", sd))
+
+
+# ------------------------------------------------------------------------------------------------ this project's files
+def test_files_written_by_the_first_format_still_load(tmp_path, capsys):
+    """tests/data/v1: a train.py and a train_latent.py checkpoint written by commit 57a99bd (tiny preset with 8-d
+    codes), and what that version computed from them (expected.pt). They load, give the same numbers, and sample."""
+    from diffusion import ddim_sample_latent
+    from model.checkpoint import load
+    from runtime.errors import run_cli
+    from tests.helpers import load_script
+    exp = torch.load(DATA / "v1" / "expected.pt", weights_only=True)
+    train = load(DATA / "v1" / "train_v1.pt", raw=True)
+    assert train.kind == "train" and train.step == 2 and train.net.uses_table
+    with torch.no_grad():
+        eps = canvas_eps(train.net, exp["x"], torch.tensor([500]), train.net.code_source.weight[:1], 8)
+    assert eps.abs().mean() > 1e-4 and torch.allclose(eps, exp["eps_train_raw"], atol=1e-7)
+    full = load(DATA / "v1" / "full_v1.pt")
+    assert full.kind == "full" and full.latent is not None
+    assert torch.allclose(ddim_sample_latent(full.latent, exp["z"], steps=5), exp["code"], atol=1e-5)
+    sample = load_script("test")
+    assert run_cli(sample.main, ["-f", str(DATA / "v1" / "full_v1.pt"), "-g", str(tmp_path / "g"), "--img_num",
+                                 "1", "--device", "cpu", "--steps", "2", "--latent_steps", "2"]) == 0
+    assert (tmp_path / "g" / "0.png").exists()
+    capsys.readouterr()
+    # their full files kept only the EMA U-Net: --raw cannot be honoured, and says so in one line
+    assert run_cli(sample.main, ["-f", str(DATA / "v1" / "full_v1.pt"), "-g", str(tmp_path / "r"), "--raw",
+                                 "--device", "cpu"]) == 2
+    assert "holds only the ema Patch-DM weights" in capsys.readouterr().err

@@ -72,51 +72,70 @@ def test_initialize_offline_fails_fast_with_the_file_to_provide(lmdb_path, tmp_p
     assert not (tmp_path / "s.pt").exists()
 
 
-def test_full_chain(lmdb_path, codes, tmp_path):
-    runs = tmp_path / "runs"
+@pytest.fixture(scope="module")
+def chain(lmdb_path, codes, tmp_path_factory):
+    """train.py (3 steps) then train_latent.py (3 steps, z-normalised codes) on the tiny LMDB."""
+    runs = tmp_path_factory.mktemp("runs")
     assert _train(lmdb_path, codes, runs, "exp", 3) == 0
-    run = runs / "exp"
+    assert run_cli(train_latent.main, ["-m", str(runs / "exp" / "checkpoints" / "last.pt"), "-n", "lat",
+                                       "--max_steps", "3", "--device", "cpu", "--runs_dir", str(runs),
+                                       "--znormalize"]) == 0
+    return runs
+
+
+def _generate(chain, out, *extra):
+    full = chain / "lat" / "checkpoints" / "last.pt"
+    return run_cli(sample.main, ["-f", str(full), "-g", str(out), "--device", "cpu", "--steps", "4",
+                                 "--latent_steps", "4", *extra])
+
+
+@pytest.fixture(scope="module")
+def generated(chain, tmp_path_factory):
+    """Images 0..2 at batch 2 (fp32, all patches at once)."""
+    out = tmp_path_factory.mktemp("gen")
+    assert _generate(chain, out, "--img_num", "3", "-b", "2", "--bands", "off") == 0
+    return out
+
+
+def _pixels(path):
+    return np.asarray(Image.open(path), dtype=int)
+
+
+def test_training_writes_a_run_folder(chain):
+    run = chain / "exp"
     assert (run / "checkpoints" / "last.pt").exists() and (run / "samples" / "real.png").exists()
     assert len(_losses(run)) == 3 and json.loads((run / "config.json").read_text())["name"] == "tiny"
-    assert run_cli(train_latent.main, ["-m", str(run / "checkpoints" / "last.pt"), "-n", "lat", "--max_steps", "3",
-                                       "--device", "cpu", "--runs_dir", str(runs), "--znormalize"]) == 0
-    full = runs / "lat" / "checkpoints" / "last.pt"
-    out = tmp_path / "gen"
-    assert run_cli(sample.main, ["-f", str(full), "-g", str(out), "--img_num", "3", "-b", "2", "--device", "cpu",
-                                 "--steps", "4", "--latent_steps", "4"]) == 0
-    pngs = sorted(out.glob("*.png"))
+
+
+def test_generation_writes_one_png_per_image_at_the_canvas_size(generated):
+    pngs = sorted(generated.glob("*.png"))
     assert [p.name for p in pngs] == ["0.png", "1.png", "2.png"]
     assert Image.open(pngs[0]).size == (24, 16)  # the 2x3-patch canvas of the tiny preset
-    # image k is the same whatever the batch size
-    one = tmp_path / "gen1"
-    assert run_cli(sample.main, ["-f", str(full), "-g", str(one), "--img_num", "3", "-b", "1", "--device", "cpu",
-                                 "--steps", "4", "--latent_steps", "4"]) == 0
-    for k in range(3):
-        a = np.asarray(Image.open(out / f"{k}.png"), dtype=int)
-        b = np.asarray(Image.open(one / f"{k}.png"), dtype=int)
-        assert np.abs(a - b).max() <= 1
-    # banded decoding gives the same images
-    banded = tmp_path / "banded"
-    assert run_cli(sample.main, ["-f", str(full), "-g", str(banded), "--img_num", "2", "-b", "2", "--device", "cpu",
-                                 "--steps", "4", "--latent_steps", "4", "--bands", "1x2"]) == 0
+
+
+def test_image_k_is_the_same_whatever_the_batch_size(chain, generated, tmp_path):
+    assert _generate(chain, tmp_path, "--img_num", "3", "-b", "1", "--bands", "off") == 0
+    for k in range(3):  # up to float rounding of the other batch shapes (README)
+        assert np.abs(_pixels(generated / f"{k}.png") - _pixels(tmp_path / f"{k}.png")).max() <= 1
+
+
+def test_banded_generation_gives_the_same_images(chain, generated, tmp_path):
+    assert _generate(chain, tmp_path, "--img_num", "2", "-b", "2", "--bands", "1x2") == 0
     for k in range(2):
-        a = np.asarray(Image.open(out / f"{k}.png"), dtype=int)
-        b = np.asarray(Image.open(banded / f"{k}.png"), dtype=int)
-        assert np.abs(a - b).max() <= 1
-    # bf16 (half-precision weights, runtime.fast.cast_weights), whole and banded: close to the fp32 images
-    for name, bands in (("bf16", "off"), ("bf16_banded", "1x2")):
-        assert run_cli(sample.main, ["-f", str(full), "-g", str(tmp_path / name), "--img_num", "2", "-b", "2",
-                                     "--device", "cpu", "--steps", "4", "--latent_steps", "4", "--precision", "bf16",
-                                     "--bands", bands]) == 0
-        for k in range(2):
-            a = np.asarray(Image.open(out / f"{k}.png"), dtype=int)
-            b = np.asarray(Image.open(tmp_path / name / f"{k}.png"), dtype=int)
-            assert np.abs(a - b).mean() < 4
-    # a larger canvas than the training size
-    wide = tmp_path / "wide"
-    assert run_cli(sample.main, ["-f", str(full), "-g", str(wide), "--img_num", "1", "--image_size", "24x40",
-                                 "--device", "cpu", "--steps", "2", "--latent_steps", "2"]) == 0
-    assert Image.open(wide / "0.png").size == (40, 24)
+        assert np.abs(_pixels(generated / f"{k}.png") - _pixels(tmp_path / f"{k}.png")).max() <= 1
+
+
+@pytest.mark.parametrize("bands", ["off", "1x2"])
+def test_bf16_generation_is_close_to_fp32(chain, generated, tmp_path, bands):
+    """Half-precision weights (runtime.fast.cast_weights), whole and banded."""
+    assert _generate(chain, tmp_path, "--img_num", "2", "-b", "2", "--precision", "bf16", "--bands", bands) == 0
+    for k in range(2):
+        assert np.abs(_pixels(generated / f"{k}.png") - _pixels(tmp_path / f"{k}.png")).mean() < 4
+
+
+def test_a_larger_canvas_than_the_training_size(chain, tmp_path):
+    assert _generate(chain, tmp_path, "--img_num", "1", "--image_size", "24x40") == 0
+    assert Image.open(tmp_path / "0.png").size == (40, 24)
 
 
 def test_resume_gives_the_same_next_steps(lmdb_path, codes, tmp_path):
@@ -145,30 +164,45 @@ def _err(capsys, fn, argv):
     return rc, err
 
 
-def test_user_errors_are_one_line(lmdb_path, codes, tmp_path, capsys):
-    runs = tmp_path / "runs"
-    rc, err = _err(capsys, train.main, ["--config", "tiny", "-d", str(tmp_path / "nope"), "--semantic_path", str(codes),
-                                        "--device", "cpu", "--runs_dir", str(runs)])
+def test_a_missing_data_path_is_one_line(codes, tmp_path, capsys):
+    rc, err = _err(capsys, train.main, ["--config", "tiny", "-d", str(tmp_path / "nope"), "--semantic_path",
+                                        str(codes), "--device", "cpu", "--runs_dir", str(tmp_path / "runs")])
     assert rc == 2 and "does not exist" in err and err.count("\n") == 0
+
+
+def test_a_table_model_needs_a_code_table(lmdb_path, tmp_path, capsys):
     rc, err = _err(capsys, train.main, ["--config", "tiny", "-d", str(lmdb_path), "--device", "cpu",
-                                        "--runs_dir", str(runs)])
+                                        "--runs_dir", str(tmp_path / "runs")])
     assert rc == 2 and "--semantic_path is required" in err
+
+
+def test_a_code_table_of_other_rows_is_refused(lmdb_path, tmp_path, capsys):
     short = tmp_path / "short.pt"
     torch.save({"model_state_dict": {"semantic_enc.weight": torch.zeros(4, 512)}}, short)
     rc, err = _err(capsys, train.main, ["--config", "tiny", "-d", str(lmdb_path), "--semantic_path", str(short),
-                                        "--device", "cpu", "--runs_dir", str(runs)])
+                                        "--device", "cpu", "--runs_dir", str(tmp_path / "runs")])
     assert rc == 2 and "4 rows" in err and "6 images" in err
+
+
+def test_an_image_size_off_the_patch_grid_is_refused(lmdb_path, codes, capsys):
     rc, err = _err(capsys, train.main, ["--config", "tiny", "-d", str(lmdb_path), "--semantic_path", str(codes),
                                         "--set", "data.image_size=[20,24]", "--device", "cpu", "--dry_run"])
     assert rc == 2 and "20x24 is not divisible by the patch size 8" in err
-    (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage" * 50)
-    rc, err = _err(capsys, sample.main, ["-f", str(tmp_path / "corrupt.pt"), "--device", "cpu"])
-    assert rc == 2 and "truncated or corrupt" in err
-    rc, err = _err(capsys, sample.main, ["-f", str(tmp_path / "missing.pt"), "--device", "cpu"])
-    assert rc == 2 and "does not exist" in err
-    if not torch.cuda.is_available():
-        rc, err = _err(capsys, sample.main, ["-f", str(tmp_path / "missing.pt"), "--device", "cuda"])
-        assert rc == 2 and "CUDA is not available" in err
+
+
+@pytest.mark.parametrize("content, says", [(b"\x00garbage" * 50, "truncated or corrupt"), (None, "does not exist")])
+def test_unreadable_checkpoints_are_one_line(tmp_path, capsys, content, says):
+    path = tmp_path / "ck.pt"
+    if content is not None:
+        path.write_bytes(content)
+    rc, err = _err(capsys, sample.main, ["-f", str(path), "--device", "cpu", "-g", str(tmp_path / "g")])
+    assert rc == 2 and says in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
+    rc, err = _err(capsys, sample.main, ["-f", str(tmp_path / "missing.pt"), "--device", "cuda"])
+    assert rc == 2 and "CUDA is not available" in err
 
 
 def test_resume_refuses_another_architecture(lmdb_path, codes, tmp_path, capsys):
@@ -221,7 +255,7 @@ def test_atomic_save_survives_a_failed_write(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_official_checkpoints_through_the_scripts(tmp_path):
-    from tests.test_checkpoint import lightning_file, synthetic_state
+    from tests.helpers import lightning_file, synthetic_state
     sd = synthetic_state("official-state-dict-p64.tsv")
     full = lightning_file(tmp_path / "official_full.ckpt", sd)
     out = tmp_path / "gen"

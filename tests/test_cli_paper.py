@@ -138,7 +138,7 @@ def test_torchrun_generation_equals_one_process(trained, tmp_path):
 
 @pytest.mark.slow
 def test_paint_with_an_official_checkpoint(tmp_path):
-    from tests.test_checkpoint import lightning_file, synthetic_state
+    from tests.helpers import lightning_file, synthetic_state
     full = lightning_file(tmp_path / "official_full.ckpt", synthetic_state("official-state-dict-p64.tsv"))
     img = _photo(64, 128, 3)
     src = _write(img, tmp_path / "in.png")

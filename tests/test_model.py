@@ -3,6 +3,7 @@ import torch
 
 from configs import get_preset, preset_names
 from model import build_encoder, build_latent, build_unet, count_params
+from tests.helpers import DATA, read_tsv
 
 D = 512  # code width of the tiny preset (CLIP width, as every real preset)
 
@@ -15,7 +16,7 @@ def _meta_counts(preset):
 
 
 @pytest.mark.parametrize("preset,unet,encoder", [
-    ("nature", 71_404_035, 19_320_512),       # spec §1.5
+    ("nature", 71_404_035, 19_320_512),       # FAITHFULNESS.md: Architecture
     ("ffhq256-p128", 102_098_307, 24_016_640),
     ("church256-p256", 134_270_979, 28_574_464),
 ])
@@ -23,21 +24,10 @@ def test_official_parameter_counts(preset, unet, encoder):
     assert _meta_counts(preset) == (unet, encoder, 54_109_696)
 
 
-def read_tsv(path):
-    shapes = {}
-    for line in open(path):
-        if line.startswith("#") or not line.strip():
-            continue
-        key, shape = line.rstrip("\n").split("\t")
-        shapes[key] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
-    return shapes
-
-
 @pytest.mark.parametrize("tsv,source", [("official-state-dict-p64.tsv", "table"),
                                         ("official-state-dict-p64-semantic-encoder.tsv", "encoder")])
 def test_state_dict_names_and_shapes_match_official(tsv, source):
-    from pathlib import Path
-    ref = read_tsv(Path(__file__).parent / "data" / tsv)
+    ref = read_tsv(DATA / tsv)
     cfg = get_preset("nature")
     with torch.device("meta"):
         mine = {k: tuple(v.shape) for k, v in build_unet(cfg.model).state_dict().items()}
@@ -58,7 +48,7 @@ def test_zero_initialised_outputs(tiny_cfg):
 
 
 def test_attention_sits_at_level_two_for_every_patch_size():
-    # Faithful quirk (spec §1.1): 16x16 maps for patch 64, 32x32 for 128, 64x64 for 256.
+    # Faithful quirk (FAITHFULNESS.md: Architecture): 16x16 maps for patch 64, 32x32 for 128, 64x64 for 256.
     for preset, side in [("nature", 16), ("nature-p128", 32), ("nature-p256", 64)]:
         cfg = get_preset(preset)
         with torch.device("meta"):

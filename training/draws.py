@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from model.collages import collage_mode
 from runtime.rng import rng, seed_for
 
 
@@ -51,7 +52,7 @@ def draw(cfg, step: int, rank: int, b: int, world: int, device):
     for i, j in enumerate(range(rank * b, (rank + 1) * b)):
         noise[i] = torch.randn(3, 2 * p, 2 * p, generator=rng(seed, "noise", step, j, device=device), device=device)
     offset = None
-    if cfg.model.collage == "pixel_random":  # the shifted crop's offset inside the window, shared by the batch
+    if collage_mode(cfg.model.collage).random_offset:  # the shifted crop's offset in the window, shared by the batch
         offset = tuple(torch.randint(p, (2,), generator=rng(seed, "offset", step)).tolist())
     torch.manual_seed(seed_for(seed, "dropout", step, rank))
     return window, t.to(device), noise, masks, offset
