@@ -23,10 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from dataset import to_rgb, to_unit_tensor
 from diffusion import ddim_sample_latent, latent_schedule, sample_canvas, schedule_from, space_timesteps
 from model import Denoiser
 from model.checkpoint import load
@@ -36,6 +34,7 @@ from runtime.cli import ArgumentParser, parse_bands, parse_hw, positive_int
 from runtime.device import autocast, check_precision, pick_device, sampling_precision
 from runtime.errors import CLIError, run_cli
 from runtime.files import check_new_file, make_parents, save_png
+from runtime.images import pixels, read_image
 from runtime.rng import rng
 
 
@@ -71,25 +70,9 @@ def build_parser():
     return ap
 
 
-def _pixels(path, convert, what: str) -> np.ndarray:
-    """convert(PIL image) as a uint8 array; one-line errors for missing or unreadable files."""
-    try:
-        with Image.open(path) as img:
-            return np.asarray(convert(img), dtype=np.uint8)
-    except FileNotFoundError:
-        raise CLIError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise CLIError(f"{path}: not a readable {what} ({e})") from None
-
-
-def read_image(path) -> torch.Tensor:
-    """(1, 3, H, W) in [-1, 1] from any image file."""
-    return to_unit_tensor(_pixels(path, to_rgb, "image"))[None]
-
-
 def read_mask(path, hw: tuple) -> torch.Tensor:
     """(1, 1, H, W) float, 1 = keep, from a mask image (white = generate)."""
-    m = _pixels(path, lambda img: img.convert("L"), "mask image")
+    m = pixels(path, lambda img: img.convert("L"), "mask image")
     if m.shape != tuple(hw):
         raise CLIError(f"mask {path} is {m.shape[0]}x{m.shape[1]} but the image is {hw[0]}x{hw[1]} (HxW)")
     return torch.from_numpy((m < 128).astype(np.float32))[None, None]

@@ -6,6 +6,15 @@
     python test.py -f runs/exp_latent/checkpoints/last.pt -g pano --image_size 512x4096 --wrap x   # 360 panorama
     torchrun --nproc_per_node 8 test.py -f runs/exp_latent/checkpoints/last.pt -g out --img_num 50000 -b 8
 
+    python test.py -f runs/exp/checkpoints/last.pt -g out --codes 0,3,5 --raw     # codes of training images 0, 3, 5
+    python test.py -f runs/enc/checkpoints/last.pt -g out --codes a.jpg,b.jpg     # image-encoder model: given images
+
+With --codes the semantic code of image k is the k-th code given (cycling when --img_num is larger; --img_num
+defaults to one image per code): rows of the code table (code-table models, also a train.py checkpoint, which has no
+latent model) or the image encoder applied to the given images, brought to the training size with the preset's
+transform. That is conditional generation, as DiffAE users know it; without --codes the code is sampled by the
+latent DDPM of a full checkpoint.
+
 Image k is drawn from its own seed (seed, k), so it is the same whatever --batch_size (up to float rounding: a
 different batch size can change a pixel by one grey level) and whatever the number of torchrun processes (rank r
 makes images r, r + world, ...); PNGs (k.png) are written as they are produced, and existing ones are never
@@ -42,7 +51,11 @@ def build_parser():
     ap.add_argument("--image_size", "-img", default=None,
                     help="HxW, any multiple of the patch (default: the checkpoint's sampling.image_size, 512x1024 "
                          "for the paper's 1024-wide presets)")
-    ap.add_argument("--img_num", type=positive_int, default=50000, help="number of images (official 50000)")
+    ap.add_argument("--img_num", type=positive_int, default=None,
+                    help="number of images (official 50000; with --codes one per code)")
+    ap.add_argument("--codes", default=None, metavar="I,J,... | A.png,B.png,...",
+                    help="semantic codes instead of latent samples: training-image indices (code-table models) or "
+                         "image files (image-encoder models)")
     ap.add_argument("--full_path", "-f", default="", help="full checkpoint from train_latent.py, or an official one")
     ap.add_argument("--semantic_enc", action="store_true", help="accepted for compatibility (read from checkpoint)")
     ap.add_argument("--seed", type=int, default=0, help="image k uses the seed (seed, k)")
@@ -73,14 +86,15 @@ def build_parser():
     return ap
 
 
-def load_full(path, raw: bool):
-    """The Bundle to generate with: a full checkpoint (train_latent.py or official) or, for the no-code ablation,
-    a train.py checkpoint."""
+def load_full(path, raw: bool, codes_given: bool = False):
+    """The Bundle to generate with: a full checkpoint (train_latent.py or official) or, for the no-code ablation or
+    with --codes, a train.py checkpoint."""
     if not path:
         raise CLIError("--full_path is required: the checkpoint written by train_latent.py (or an official one)")
     bundle = load(path, raw)
-    if bundle.latent is None and bundle.cfg.model.code_source != "none":
-        raise CLIError(f"{path} is a Patch-DM checkpoint without a latent model; run train_latent.py on it first")
+    if bundle.latent is None and bundle.cfg.model.code_source != "none" and not codes_given:
+        raise CLIError(f"{path} is a Patch-DM checkpoint without a latent model; run train_latent.py on it first, "
+                       "or sample with the codes of training images (--codes 0,1,2)")
     if bundle.latent is not None and bundle.cfg.model.code_source == "none":
         bundle.latent = None
     return bundle
@@ -98,6 +112,33 @@ def output_plan(out: Path, n: int, skip_existing: bool, overwrite: bool) -> list
         raise CLIError(f"{out} already holds {len(there)} of the {n} images ({names}): pass --skip_existing to keep "
                        "them and make the rest, or --overwrite to replace them")
     return [k for k in range(n) if not (skip_existing and k in set(there))]
+
+
+def given_codes(spec: str, net, cfg) -> torch.Tensor:
+    """(n, D) codes of --codes: table rows by index, or the image encoder applied to image files."""
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    if not items:
+        raise CLIError("--codes is empty: give training-image indices (0,3,5) or image files (a.png,b.png)")
+    if cfg.model.code_source == "none":
+        raise CLIError("--codes: this model was trained without semantic codes (--no_code); leave --codes out")
+    if all(s.lstrip("-").isdigit() for s in items):
+        if not getattr(net, "uses_table", False):
+            raise CLIError("--codes with indices needs a code-table model; this one has an image encoder: give "
+                           "image files (--codes a.png,b.png)")
+        rows = net.code_source.weight.shape[0]
+        bad = [s for s in items if not 0 <= int(s) < rows]
+        if bad:
+            raise CLIError(f"--codes {bad[0]}: the code table has {rows} rows (0..{rows - 1})")
+        with torch.no_grad():
+            return net.codes(None, torch.tensor([int(s) for s in items])).float()
+    if getattr(net, "uses_table", False):
+        raise CLIError(f"--codes {items[0]!r}: a code-table model takes training-image indices (--codes 0,3,5)")
+    from dataset import geometric_transform
+    from runtime.images import read_rgb
+    shape = geometric_transform(cfg.data.transform, cfg.data.image_size, cfg.data.resize)
+    x = torch.stack([read_rgb(s, shape) for s in items])
+    with torch.no_grad():
+        return net.codes(x, None).float()
 
 
 def per_image_noise(seed: int, k: int, code_dim: int, hw: tuple):
@@ -119,10 +160,13 @@ def main(argv=None) -> int:
 def generate(args, d: D.Dist) -> None:
     device = pick_device(args.device, d.local_rank)
     out = Path(args.output_dir)
-    todo = output_plan(out, args.img_num, args.skip_existing, args.overwrite)[d.rank::d.world]
+    n_codes = len([s for s in args.codes.split(",") if s.strip()]) if args.codes is not None else 0
+    img_num = args.img_num or n_codes or 50000
+    todo = output_plan(out, img_num, args.skip_existing, args.overwrite)[d.rank::d.world]
     D.barrier(d)  # every rank has read the folder before any writes to it
-    bundle = load_full(args.full_path, args.raw)
+    bundle = load_full(args.full_path, args.raw, args.codes is not None)
     cfg, unet, latent, z_mean, z_std = bundle.cfg, bundle.net, bundle.latent, bundle.z_mean, bundle.z_std
+    fixed = given_codes(args.codes, unet, cfg) if args.codes is not None else None
     p = cfg.model.patch_size
     if args.patch_size and args.patch_size != p:
         raise CLIError(f"--patch_size {args.patch_size} does not match the checkpoint's patch size {p}")
@@ -139,8 +183,10 @@ def generate(args, d: D.Dist) -> None:
             raise CLIError(f"{e} (try 10, 20, 25, 50, 100, ...)") from None
     band_rows, band_cols = parse_bands(args.bands, args.batch_size * (2 if w else 1), hw, p)
     if d.main:
-        print(f"{hw[0]}x{hw[1]} images, {steps} DDIM steps" + (f" after {latent_steps} latent steps"
-                                                               if latent is not None else "")
+        sampler = "Euler" if cfg.diffusion.objective == "flow" else "DDIM"
+        print(f"{hw[0]}x{hw[1]} images, {cfg.diffusion.objective} model, {steps} {sampler} steps"
+              + (f" after {latent_steps} latent steps" if latent is not None and fixed is None else "")
+              + (f", codes {args.codes}" if fixed is not None else "")
               + f", guidance {w}, {precision}, {'raw' if args.raw else 'EMA'} weights")
     # cast_weights: the same function in less memory
     unet = speed_up(cast_weights(unet.to(device), precision), args.compile, scope=args.compile_scope)
@@ -154,12 +200,14 @@ def generate(args, d: D.Dist) -> None:
         for start in range(0, len(todo), args.batch_size):
             ks = todo[start:start + args.batch_size]
             z_T, x_T = zip(*(per_image_noise(args.seed, k, cfg.model.code_dim, hw) for k in ks))
-            if latent is None:  # the no-code ablation: the zero code
+            if fixed is not None:
+                code = fixed[[k % len(fixed) for k in ks]].to(device)
+            elif latent is None:  # the no-code ablation: the zero code
                 code = torch.zeros(len(ks), cfg.model.code_dim, device=device)
             else:
                 code = ddim_sample_latent(latent, torch.stack(z_T).to(device), latent_steps, lat_sched)
-            if z_mean is not None:
-                code = code * z_std.to(device) + z_mean.to(device)
+                if z_mean is not None:
+                    code = code * z_std.to(device) + z_mean.to(device)
             with autocast(device, precision):
                 img = sample_canvas(den, torch.stack(x_T).to(device), code, sched, w, band_rows, band_cols,
                                     args.wrap, args.seed, cfg.sampling.clip_x0, in_place=True)

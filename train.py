@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from configs import assign, from_dict, get_preset, override, set_patch_size, to_dict, validate
-from configs import COLLAGES
+from configs import COLLAGES, OBJECTIVES
 from model import read_checkpoint
 from model.checkpoint import TRAIN_FORMAT
 from runtime import dist as D
@@ -39,6 +39,7 @@ FLAGS = {
     "no_code": [("model.code_source", "none")],
     "cfg": [("training.cfg", True)],
     "collage": [("model.collage", None)],
+    "objective": [("diffusion.objective", None)],
     "no_position": [("model.use_position", False)],
     "batch_size": [("training.batch_size", None)],
     "max_steps": [("training.max_steps", None)],
@@ -66,6 +67,9 @@ def build_parser():
     ap.add_argument("--collage", choices=list(COLLAGES), default=None,
                     help="ablations (paper Fig. 2, Table 4): feature collage (default), pixel-space collage with a "
                          "fixed or random shift, or none (independent patches)")
+    ap.add_argument("--objective", choices=list(OBJECTIVES), default=None,
+                    help="what the network learns: eps (default, the paper's), v (v-prediction) or flow (rectified "
+                         "flow); v and flow are beyond the paper and give images at CPU budgets (docs/EVALUATION.md)")
     ap.add_argument("--no_position", **switch, help="ablation: no position embedding")
     ap.add_argument("--no_code", **switch, help="ablation: no semantic code (no table, no encoder, no latent model "
                                                 "needed to sample)")

@@ -40,6 +40,8 @@ class DiffusionConfig:
     num_timesteps: int = 1000               # official: T
     beta_start: float = 1e-4                # official: linear schedule, float64
     beta_end: float = 0.02
+    objective: str = "eps"                  # official "eps" (predict the noise) | beyond the paper: "v"
+                                            #   (v-prediction) | "flow" (rectified flow; betas unused)
 
 
 @dataclass
@@ -290,6 +292,7 @@ TRANSFORMS = ("nature", "resize", "resize_crop")
 CODE_SOURCES = ("table", "encoder", "none")
 COLLAGES = ("feature", "pixel_fixed", "pixel_random", "none")
 PRECISIONS = ("fp32", "fp16", "bf16")
+OBJECTIVES = ("eps", "v", "flow")
 
 
 def validate(cfg: Config) -> Config:
@@ -329,6 +332,7 @@ def validate(cfg: Config) -> Config:
     check(m.code_source in CODE_SOURCES, "model.code_source", m.code_source, f"choose {', '.join(CODE_SOURCES)}")
     check(m.collage in COLLAGES, "model.collage", m.collage, f"choose {', '.join(COLLAGES)}")
     at_least("diffusion", 1, "num_timesteps")
+    check(d.objective in OBJECTIVES, "diffusion.objective", d.objective, f"choose {', '.join(OBJECTIVES)}")
     check(0 < d.beta_start <= d.beta_end < 1, "diffusion.beta_start/beta_end", (d.beta_start, d.beta_end),
           "need 0 < beta_start <= beta_end < 1")
     pair("data.image_size", cfg.data.image_size)

@@ -14,14 +14,13 @@ import torch
 
 from runtime.rng import rng
 from .samplers import run_steps
-from .schedule import Schedule
 
 
 class KnownRegion:
     """impose(x, i): the kept pixels of x_t become q_sample(x_known, t_i) with fresh noise; renoise(x, i): x_{i-1} ->
     x_i by the forward step q(x_i | x_{i-1}); finish(x): the kept pixels become x_known exactly."""
 
-    def __init__(self, x_known: torch.Tensor, mask: torch.Tensor, sched: Schedule, seed: int = 0):
+    def __init__(self, x_known: torch.Tensor, mask: torch.Tensor, sched, seed: int = 0):
         self.x, self.sched = x_known, sched
         self.mask = mask.to(x_known.dtype)
         self.g = rng(seed, "known", device=x_known.device)
@@ -36,14 +35,13 @@ class KnownRegion:
         return self._keep(x, self.sched.q_sample(self.x, i, self._noise(self.x)))
 
     def renoise(self, x, i: int):
-        beta = Schedule.at(self.sched.betas, i, x)
-        return torch.sqrt(1 - beta) * x + torch.sqrt(beta) * self._noise(x)
+        return self.sched.renoise(x, i, self._noise(x))
 
     def finish(self, x):
         return self._keep(x, self.x)
 
 
-def repaint(step, x: torch.Tensor, sched: Schedule, x_known: torch.Tensor, mask: torch.Tensor, resample: int = 1,
+def repaint(step, x: torch.Tensor, sched, x_known: torch.Tensor, mask: torch.Tensor, resample: int = 1,
             seed: int = 0, progress: bool = False) -> torch.Tensor:
     """Run ``step`` over the schedule conditioned on the known pixels (mask 1 = keep; (B or 1, 1, H, W)); the
     result equals x_known exactly where the mask is 1."""

@@ -1,11 +1,13 @@
 """Samplers as functions of a model function and a schedule (docs/FAITHFULNESS.md, "Sampling").
 
-Every sampler takes ``eps_fn(x_t, t) -> eps`` (t: the network's timesteps, (B,) long) and a respaced Schedule, so
-one loop serves the patch canvas and the latent MLP. The streamed variant takes ``bands_fn(x_t, t)``, which yields
-(pixel rows, eps) in reading order (``Denoiser.eps_bands``), and updates the canvas in place band by band: the same
-result with one canvas and one band of features in memory. A sampler is built from a *step* ``step(x, i) -> x`` (from
-step i of the schedule to step i - 1) and a loop over the steps, so wrappers (inpainting: diffusion/inpaint.py) act
-on the steps of any sampler.
+Every sampler takes ``model_fn(x_t, t) -> output`` (t: the network's time input, ``sched.model_t``) and a
+respaced process (``Schedule`` for eps and v models, ``FlowSchedule`` for rectified flow), so one loop serves the
+patch canvas and the latent MLP, and every objective: the process turns the network output into its update
+(``sched.step``: DDIM for eps and v, Euler for flow, the same first-order step). The streamed variant takes
+``bands_fn(x_t, t)``, which yields (pixel rows, output) in reading order (``Denoiser.eps_bands``), and updates the
+canvas in place band by band: the same result with one canvas and one band of features in memory. A sampler is
+built from a *step* ``step(x, i) -> x`` (from step i of the schedule to step i - 1) and a loop over the steps, so
+wrappers (inpainting: diffusion/inpaint.py) act on the steps of any sampler.
 
 ``sample_canvas`` is what the scripts call: a Denoiser, codes and the sampler's settings in, images out.
 """
@@ -31,24 +33,23 @@ def ddim_step(sched: Schedule, x: torch.Tensor, i: int, eps: torch.Tensor, clip_
     return x0 * torch.sqrt(abar_prev) + torch.sqrt(1 - abar_prev) * eps
 
 
-def ddim_update(eps_fn, sched: Schedule, clip_x0: bool = True):
-    """step(x, i) of DDIM with the model evaluated on the whole of x."""
+def ddim_update(model_fn, sched, clip_x0: bool = True):
+    """step(x, i) of DDIM (Euler for a flow) with the model evaluated on the whole of x."""
 
     def step(x, i):
-        eps = eps_fn(x, sched.model_t(i, x.shape[0], x.device))
-        return ddim_step(sched, x, i, eps.to(x.dtype), clip_x0)
+        return sched.step(x, i, model_fn(x, sched.model_t(i, x.shape[0], x.device)), clip_x0)
 
     return step
 
 
-def streamed_ddim_update(bands_fn, sched: Schedule, clip_x0: bool = True):
-    """step(x, i) of DDIM updating x in place band by band: a band's eps depends only on rows that later bands have
-    not yet updated, so the result equals ``ddim_update``'s."""
+def streamed_ddim_update(bands_fn, sched, clip_x0: bool = True):
+    """step(x, i) of DDIM (Euler for a flow) updating x in place band by band: a band's output depends only on rows
+    that later bands have not yet updated, so the result equals ``ddim_update``'s."""
 
     def step(x, i):
         t = sched.model_t(i, x.shape[0], x.device)
-        for rows, eps in bands_fn(x, t):
-            x[..., rows, :] = ddim_step(sched, x[..., rows, :], i, eps.to(x.dtype), clip_x0)
+        for rows, out in bands_fn(x, t):
+            x[..., rows, :] = sched.step(x[..., rows, :], i, out, clip_x0)
         return x
 
     return step
@@ -61,12 +62,12 @@ def run_steps(step, x: torch.Tensor, sched: Schedule, progress: bool = False, de
     return x
 
 
-def ddim(eps_fn, x_T: torch.Tensor, sched: Schedule, clip_x0: bool = True, progress: bool = False) -> torch.Tensor:
-    """DDIM (eta 0) from x_T to x_0 over every step of the (respaced) schedule."""
-    return run_steps(ddim_update(eps_fn, sched, clip_x0), x_T, sched, progress)
+def ddim(model_fn, x_T: torch.Tensor, sched, clip_x0: bool = True, progress: bool = False) -> torch.Tensor:
+    """DDIM (eta 0; Euler for a flow) from x_T to x_0 over every step of the (respaced) schedule."""
+    return run_steps(ddim_update(model_fn, sched, clip_x0), x_T, sched, progress)
 
 
-def ddim_streamed(bands_fn, x_T: torch.Tensor, sched: Schedule, clip_x0: bool = True,
+def ddim_streamed(bands_fn, x_T: torch.Tensor, sched, clip_x0: bool = True,
                   progress: bool = False) -> torch.Tensor:
     """``ddim`` with a band model, updating x_T in place (the caller gives x_T up; copy it to keep it)."""
     return run_steps(streamed_ddim_update(bands_fn, sched, clip_x0), x_T, sched, progress)
@@ -76,10 +77,11 @@ ddim_loop = ddim  # the name of earlier versions
 
 
 @torch.no_grad()
-def sample_canvas(den, x_T: torch.Tensor, code: torch.Tensor, sched: Schedule, cfg_scale: float = 0.0,
+def sample_canvas(den, x_T: torch.Tensor, code: torch.Tensor, sched, cfg_scale: float = 0.0,
                   band_rows=None, band_cols=None, wrap: str = "", seed: int = 0, clip_x0: bool = True,
                   progress: bool = False, in_place: bool = False, known=None, resample: int = 1) -> torch.Tensor:
-    """Images (B, 3, H, W) in [-1, 1] from noise x_T and codes (B, D) with a Denoiser and a respaced schedule.
+    """Images (B, 3, H, W) in [-1, 1] from noise x_T and codes (B, D) with a Denoiser and a respaced process (the
+    model's objective: ``schedule_from(cfg.diffusion).respace(steps)``).
 
     Banded with the feature collage: streamed in place (x_T is overwritten when in_place, else a copy is); otherwise
     the whole canvas per step (the ablations chunk their independent patches by the same bands). known = (x_known,

@@ -34,10 +34,26 @@ def space_timesteps(num_timesteps: int, steps: int) -> list:
     raise ValueError(f"cannot make exactly {steps} DDIM steps out of {num_timesteps} with an integer stride")
 
 
-class Schedule:
-    """Diffusion constants for a beta sequence; ``timestep_map[i]`` is the original index of step i."""
+PREDICTIONS = ("eps", "v")
 
-    def __init__(self, betas: torch.Tensor, timestep_map: list | None = None):
+
+class Schedule:
+    """A discrete variance-preserving diffusion: constants for a beta sequence (``timestep_map[i]`` is the original
+    index of step i) and what the network predicts, ``prediction`` "eps" (the paper's) or "v" (Salimans & Ho 2022,
+    beyond the paper: v = sqrt(abar) eps - sqrt(1 - abar) x0; docs/FAITHFULNESS.md, "Beyond the official code").
+
+    A schedule is also the *process* the trainers and samplers ask: ``draw_t``, ``corrupt``, ``target`` and
+    ``net_t`` for the loss, ``model_t``, ``to_eps`` and ``step`` for the samplers (``FlowSchedule`` has the same
+    methods for rectified flow).
+    """
+
+    objective = "eps"
+    continuous = False
+
+    def __init__(self, betas: torch.Tensor, timestep_map: list | None = None, prediction: str = "eps"):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction {prediction!r}: choose one of {', '.join(PREDICTIONS)}")
+        self.prediction = self.objective = prediction
         self.betas = betas.to(torch.float64)
         self.num_timesteps = len(betas)
         self.timestep_map = list(range(self.num_timesteps)) if timestep_map is None else list(timestep_map)
@@ -56,7 +72,7 @@ class Schedule:
         for i in keep:
             betas.append(1.0 - self.alphas_cumprod[i] / last)
             last = self.alphas_cumprod[i]
-        return Schedule(torch.stack(betas), [self.timestep_map[i] for i in keep])
+        return Schedule(torch.stack(betas), [self.timestep_map[i] for i in keep], self.prediction)
 
     def model_t(self, i: int, batch: int, device) -> torch.Tensor:
         """Original timestep index fed to the network for step i, shape (batch,), long."""
@@ -82,16 +98,68 @@ class Schedule:
         a, b = self.at(self.sqrt_recip_alphas_cumprod, t, x_t), self.at(self.sqrt_recipm1_alphas_cumprod, t, x_t)
         return (a * x_t - x0) / b
 
+    # -- the loss: t are step indices (B,) long, drawn uniformly over 0..T-1 ----------------------------------------
+    def draw_t(self, n: int, generator=None) -> torch.Tensor:
+        return torch.randint(0, self.num_timesteps, (n,), generator=generator)
+
+    def corrupt(self, x0, t, noise):
+        return self.q_sample(x0, t, noise)
+
+    def target(self, x0, t, noise):
+        """What the network learns to output: eps, or v = sqrt(abar) eps - sqrt(1 - abar) x0."""
+        if self.prediction == "eps":
+            return noise
+        a, s = self.at(self.sqrt_alphas_cumprod, t, x0), self.at(self.sqrt_one_minus_alphas_cumprod, t, x0)
+        return a * noise - s * x0
+
+    def net_t(self, t):
+        """The network's time input for loss times t (the original timestep index)."""
+        return t
+
+    # -- the samplers: i indexes the steps of this (respaced) schedule -------------------------------------------
+    def to_eps(self, x_t, i, out):
+        """eps from the network output at step i: itself, or sqrt(1 - abar) x_t + sqrt(abar) v."""
+        if self.prediction == "eps":
+            return out
+        a, s = self.at(self.sqrt_alphas_cumprod, i, x_t), self.at(self.sqrt_one_minus_alphas_cumprod, i, x_t)
+        return s * x_t + a * out
+
+    def v_from_eps(self, x_t, i, eps):
+        """The inverse of ``to_eps`` for a v model: v = (eps - sqrt(1 - abar) x_t) / sqrt(abar)."""
+        a, s = self.at(self.sqrt_alphas_cumprod, i, x_t), self.at(self.sqrt_one_minus_alphas_cumprod, i, x_t)
+        return (eps - s * x_t) / a
+
+    def alpha_sigma(self, i: int) -> tuple:
+        """(alpha, sigma) of step i as floats (x_t = alpha x0 + sigma eps); i = -1 is the clean end (1, 0)."""
+        if i < 0:
+            return 1.0, 0.0
+        return float(self.sqrt_alphas_cumprod[i]), float(self.sqrt_one_minus_alphas_cumprod[i])
+
+    def step(self, x, i: int, out, clip_x0: bool = True):
+        """The deterministic DDIM update (eta 0) from step i to i - 1 given the network output there."""
+        from .samplers import ddim_step
+        return ddim_step(self, x, i, self.to_eps(x, i, out).to(x.dtype), clip_x0)
+
+    def renoise(self, x, i: int, noise):
+        """x_{i-1} -> x_i by the forward step q(x_i | x_{i-1}) (RePaint)."""
+        beta = self.at(self.betas, i, x)
+        return torch.sqrt(1 - beta) * x + torch.sqrt(beta) * noise
+
 
 _CACHE: dict = {}
 
 
-def schedule_from(d) -> Schedule:
-    """The image model's schedule from a DiffusionConfig (linear betas beta_start..beta_end over num_timesteps);
-    built once per setting."""
-    key = ("linear", d.num_timesteps, d.beta_start, d.beta_end)
+def schedule_from(d):
+    """The image model's process from a DiffusionConfig: linear betas beta_start..beta_end over num_timesteps with
+    the eps or v target, or rectified flow (``FlowSchedule``, the time input scaled to num_timesteps), by
+    ``d.objective``; built once per setting."""
+    objective = getattr(d, "objective", "eps")
+    if objective == "flow":
+        from .flow import FlowSchedule
+        return FlowSchedule(time_scale=d.num_timesteps)
+    key = ("linear", d.num_timesteps, d.beta_start, d.beta_end, objective)
     if key not in _CACHE:
-        _CACHE[key] = Schedule(linear_betas(d.num_timesteps, d.beta_start, d.beta_end))
+        _CACHE[key] = Schedule(linear_betas(d.num_timesteps, d.beta_start, d.beta_end), prediction=objective)
     return _CACHE[key]
 
 

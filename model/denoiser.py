@@ -42,8 +42,10 @@ class Denoiser:
 
     def eps(self, x_t, t, code, cfg_scale: float = 0.0, pos_keep=None, band_rows=None, band_cols=None,
             wrap: str = "", step: int = 0, seed: int = 0) -> torch.Tensor:
-        """eps over canvases x_t (B, 3, H, W) at network timesteps t (B,) with codes (B, D); guided as
-        (1 + w) eps(code, pos) - w eps(0, null pos) when cfg_scale = w != 0. band_rows / band_cols bound memory (same
+        """The network output over canvases x_t (B, 3, H, W) at network times t (B,) with codes (B, D): eps for the
+        paper's objective (hence the name), v or the flow velocity for the others (the process converts it,
+        diffusion/schedule.py); guided as (1 + w) out(code, pos) - w out(0, null pos) when cfg_scale = w != 0 (the
+        same guidance whatever the objective: each conversion is affine in the output with x_t fixed). band_rows / band_cols bound memory (same
         result); wrap pads those axes circularly; step / seed choose the pixel-space modes' grid shift."""
         kw = dict(wrap=wrap, band_rows=band_rows, band_cols=band_cols, step=step, seed=seed)
         if not cfg_scale:
@@ -70,12 +72,16 @@ class Denoiser:
         """The two-term window loss per image, (shift, noshift) each (B,) (docs/FAITHFULNESS.md, "Training loss").
 
         x0_win, noise_win (B, 3, 2p, 2p): the window (row, col) of the half-patch-padded images and of the noise;
-        mask_win (1 or B, 1, 2p, 2p): 1 on the image, 0 on the padding; t (B,) timesteps of ``schedule``; code (B, D)
-        (already zeroed where CFG drops it); pos_keep (B,) or None; offset: the pixel_random crop.
-        Faithful: x_t is q_sample of the padded canvas with the padding zeroed, as at sampling time.
+        mask_win (1 or B, 1, 2p, 2p): 1 on the image, 0 on the padding; t (B,) loss times of ``schedule`` (the process:
+        timestep indices of a ``Schedule``, flow times in [0, 1] of a ``FlowSchedule``, as its ``draw_t`` gives);
+        code (B, D) (already zeroed where CFG drops it); pos_keep (B,) or None; offset: the pixel_random crop.
+        Faithful: x_t is q_sample of the padded canvas with the padding zeroed, as at sampling time, and the target
+        is the noise (eps objective); the v and flow objectives change only x_t's path and the target.
         """
-        x_t = schedule.q_sample(x0_win, t, noise_win) * mask_win
-        return self.mode.loss_terms(self.net, x_t, noise_win, mask_win, t, window, code, self.p, pos_keep, offset)
+        x_t = schedule.corrupt(x0_win, t, noise_win) * mask_win
+        target = schedule.target(x0_win, t, noise_win)
+        return self.mode.loss_terms(self.net, x_t, target, mask_win, schedule.net_t(t), window, code, self.p,
+                                    pos_keep, offset)
 
     def canvas_loss_terms(self, x0, t, noise, window, code, schedule, pos_keep=None, offset=None):
         """``loss_terms`` for whole images x0 (B, 3, H, W) and noise over the padded canvas (B, 3, H+p, W+p): the

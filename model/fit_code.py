@@ -39,7 +39,7 @@ def fit_code(unet, x_known: torch.Tensor, mask: torch.Tensor, p: int, code_init:
     if not windows:
         raise ValueError(f"no {p}x{p} patch of the canvas grid is fully known: a code cannot be fitted (give a larger "
                          "known region, or pick a code with --code latent / index:N)")
-    T = schedule.num_timesteps
+    T = schedule.num_timesteps  # (a flow's loss times are stratified over [0, 1) instead)
     g = rng(seed, "fit")
     den = Denoiser(unet, p, collage)
     code = code_init.detach().clone().float().requires_grad_(True)
@@ -53,7 +53,8 @@ def fit_code(unet, x_known: torch.Tensor, mask: torch.Tensor, p: int, code_init:
             r, c = windows[int(torch.randint(len(windows), (1,), generator=g))]
             x_win, pad_mask = window_crop(x_known, (r, c), p)
             known = window_crop(mask.to(x_known.dtype), (r, c), p)[0]
-            t = ((torch.arange(batch) + torch.rand(batch, generator=g)) * T / batch).long().clamp(max=T - 1)
+            u = torch.arange(batch) + torch.rand(batch, generator=g)
+            t = u / batch if schedule.continuous else (u * T / batch).long().clamp(max=T - 1)  # flow: t in [0, 1)
             noise = torch.randn(batch, 3, 2 * p, 2 * p, generator=g).to(x_known.device)
             shift, noshift = den.loss_terms(x_win.expand(batch, -1, -1, -1), pad_mask * known, t.to(x_known.device),
                                             noise, (r, c), code.expand(batch, -1), schedule, offset=(p // 2, p // 2))

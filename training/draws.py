@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from diffusion.schedule import schedule_from
 from model.collages import collage_mode
 from runtime.rng import rng, seed_for
 
@@ -41,7 +42,7 @@ def draw(cfg, step: int, rank: int, b: int, world: int, device):
     window = window_at(cfg, step)
     g = rng(seed, "timesteps", step)
     mine = slice(rank * b, (rank + 1) * b)
-    t = torch.randint(0, cfg.diffusion.num_timesteps, (b * world,), generator=g)[mine]
+    t = schedule_from(cfg.diffusion).draw_t(b * world, g)[mine]  # step indices, or flow times in [0, 1)
     masks = (None, None)
     if cfg.training.cfg:
         code_keep, pos_keep = cfg_keep_masks(b * world, cfg.training.cfg_code_drop, cfg.training.cfg_pos_drop, g)

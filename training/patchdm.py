@@ -105,7 +105,7 @@ class Meter:
     @torch.no_grad()
     def add(self, shift, noshift, t):
         per = (shift + noshift).float()
-        q = (t * 4 // self.T).clamp(max=3)
+        q = ((t * 4).long() if t.is_floating_point() else t * 4 // self.T).clamp(max=3)  # flow: t in [0, 1)
         self.acc[0] += shift.float().mean()
         self.acc[1] += noshift.float().mean()
         self.acc[2] += 1

@@ -1,0 +1,243 @@
+"""The training objectives beyond the paper (v-prediction, rectified flow) next to the paper's eps: their loss targets
+by hand, oracle sampling, the conversions, and every sampling path with each objective."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from configs import DiffusionConfig
+from diffusion import ddim, sample_canvas, schedule_from
+from diffusion.flow import FlowSchedule
+from diffusion.inpaint import repaint
+from diffusion.samplers import ddim_update
+from model import Denoiser
+from model.collage import window_crop
+from runtime.errors import run_cli
+from tests.helpers import load_script, train_run
+
+P, D = 8, 512
+OBJECTIVES = ["eps", "v", "flow"]
+
+
+def process(objective):
+    return schedule_from(DiffusionConfig(objective=objective))
+
+
+def hand_abar(t):
+    """alphas_cumprod of the linear 1e-4..0.02 schedule at integer t, computed here in numpy float64."""
+    return np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[t]
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_loss_target_by_hand(tiny_unet, objective):
+    """Each objective's two window terms equal the collage mode's terms on a hand-made x_t and target: x_t with the
+    padding zeroed, the network fed the objective's time input."""
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.rand(2, 3, 16, 24, generator=g) * 2 - 1
+    noise = torch.randn(2, 3, 2 * P, 2 * P, generator=g)
+    code = torch.randn(2, D, generator=g)
+    window = (1, 1)
+    x0_win, mask = window_crop(x0, window, P)
+    if objective == "flow":
+        t = torch.tensor([0.1, 0.85])
+        tt = t[:, None, None, None]
+        x_t, target, net_t = (1 - tt) * x0_win + tt * noise, noise - x0_win, t * 1000
+    else:
+        t = torch.tensor([10, 700])
+        a = torch.tensor(hand_abar(t.numpy()), dtype=torch.float32)[:, None, None, None]
+        x_t = a.sqrt() * x0_win + (1 - a).sqrt() * noise
+        target = noise if objective == "eps" else a.sqrt() * noise - (1 - a).sqrt() * x0_win
+        net_t = t
+    den = Denoiser(tiny_unet, P)
+    with torch.no_grad():
+        mine = den.loss_terms(x0_win, mask, t, noise, window, code, process(objective))
+        hand = den.mode.loss_terms(tiny_unet, x_t * mask, target, mask, net_t, window, code, P)
+        eps_terms = den.loss_terms(x0_win, mask, torch.tensor([10, 700]), noise, window, code, process("eps"))
+    for a_, b_ in zip(mine, hand):
+        assert torch.allclose(a_, b_, rtol=1e-5, atol=1e-7), (objective, mine, hand)
+    if objective != "eps":  # the target really changed
+        assert not torch.allclose(mine[0], eps_terms[0], rtol=1e-2)
+
+
+def test_eps_objective_is_the_schedule_of_earlier_versions():
+    """The default process is the paper's: eps target, q_sample corruption, integer time input."""
+    from diffusion import default_schedule
+    s = process("eps")
+    assert s is default_schedule() and s.prediction == "eps"
+    x0, noise, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.tensor([3, 900])
+    assert torch.equal(s.corrupt(x0, t, noise), s.q_sample(x0, t, noise))
+    assert s.target(x0, t, noise) is noise and s.net_t(t) is t
+
+
+def test_v_to_eps_round_trip():
+    s = process("v").respace(50)
+    x_t, v = torch.randn(3, 3, 8, 8), torch.randn(3, 3, 8, 8)
+    for i in (0, 17, 49):
+        eps = s.to_eps(x_t, i, v)
+        assert torch.allclose(s.v_from_eps(x_t, i, eps), v, atol=1e-5)
+    # and the v target of a noised x0 converts back to its noise
+    full = process("v")
+    x0, noise, t = torch.rand(2, 3, 8, 8) * 2 - 1, torch.randn(2, 3, 8, 8), torch.tensor([5, 990])
+    v = full.target(x0, t, noise)
+    x_t = full.corrupt(x0, t, noise)
+    for k in range(2):
+        assert torch.allclose(full.to_eps(x_t[k:k + 1], int(t[k]), v[k:k + 1]), noise[k:k + 1], atol=1e-4)
+
+
+def oracle(objective, x0):
+    """The network output that knows x0: eps, v or the velocity implied by x_t and x0 at the network time t."""
+    def fn(x_t, t):
+        if objective == "flow":
+            s = (t.float() / 1000)[:, None, None, None]
+            return (x_t - (1 - s) * x0) / s - x0
+        a = torch.tensor(hand_abar(t.numpy()), dtype=torch.float32)[:, None, None, None]
+        eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+        return eps if objective == "eps" else a.sqrt() * eps - (1 - a).sqrt() * x0
+    return fn
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("clip", [True, False])
+@pytest.mark.parametrize("steps", [1, 10, 50])
+def test_oracle_sampling_returns_x0(objective, clip, steps):
+    x0 = torch.rand(2, 3, 16, 24) * 1.8 - 0.9
+    out = ddim(oracle(objective, x0), torch.randn(2, 3, 16, 24), process(objective).respace(steps), clip_x0=clip)
+    assert torch.allclose(out, x0, atol=1e-3), (out - x0).abs().max()
+
+
+def test_flow_step_is_euler_and_clipping_only_thresholds():
+    s = FlowSchedule(4)
+    x, v = torch.randn(1, 3, 4, 4) * 0.1, torch.randn(1, 3, 4, 4) * 0.1
+    assert torch.allclose(s.step(x, 3, v, clip_x0=False), x - 0.25 * v)
+    assert torch.allclose(s.step(x, 3, v, clip_x0=True), x - 0.25 * v, atol=1e-6)  # nothing to clip
+    big = torch.full((1, 3, 4, 4), 3.0)  # x0 = x - t v far outside [-1, 1]
+    assert not torch.allclose(s.step(big, 3, -big, clip_x0=True), big + 0.25 * big)
+
+
+def test_flow_renoise_keeps_the_marginal():
+    """RePaint's re-noising goes from t = i/N back to (i + 1)/N with the path's own marginal."""
+    s = FlowSchedule(5)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.full((200_000,), 0.3)
+    i = 2
+    x_s = s.q_sample(x0, i - 1, torch.randn(x0.shape, generator=g))  # at t = i/N
+    x_t = s.renoise(x_s, i, torch.randn(x0.shape, generator=g))
+    t = s.time(i)
+    assert abs(x_t.mean().item() - (1 - t) * 0.3) < 5e-3
+    assert abs(x_t.std().item() - t) < 5e-3
+
+
+@pytest.mark.parametrize("objective", ["v", "flow"])
+@pytest.mark.parametrize("w,band", [(0.0, 1), (0.5, 2)])
+def test_banded_streamed_sampling_equals_all_at_once(tiny_unet, objective, w, band):
+    sched = process(objective).respace(4)
+    den = Denoiser(tiny_unet, P)
+    x_T, code = torch.randn(2, 3, 40, 16), torch.randn(2, D)
+    a = sample_canvas(den, x_T, code, sched, w)
+    b = sample_canvas(den, x_T, code, sched, w, band_rows=band)
+    c = sample_canvas(den, x_T, code, sched, w, wrap="x")
+    assert (a - b).abs().max() < 1e-3  # float rounding only (the flow step divides by t)
+    assert (a - c).abs().max() > 1e-2  # wrap changes the canvas edges: it ran
+
+
+@pytest.mark.parametrize("objective", ["v", "flow"])
+@pytest.mark.parametrize("collage", ["pixel_fixed", "pixel_random", "none"])
+def test_ablation_samplers_follow_the_objective(tiny_unet, objective, collage):
+    den = Denoiser(tiny_unet, P, collage)
+    x_T, code = torch.randn(1, 3, 16, 24), torch.randn(1, D)
+    out = sample_canvas(den, x_T, code, process(objective).respace(3), seed=1)
+    eps_out = sample_canvas(den, x_T, code, process("eps").respace(3), seed=1)
+    banded = sample_canvas(den, x_T, code, process(objective).respace(3), seed=1, band_rows=1)
+    assert torch.isfinite(out).all() and (out - eps_out).abs().max() > 1e-3
+    assert (out - banded).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_repaint_keeps_known_pixels_for_every_objective(objective):
+    sched = process(objective).respace(5)
+    x0 = torch.rand(1, 3, 16, 24) * 2 - 1
+    mask = torch.zeros(1, 1, 16, 24)
+    mask[..., :, :12] = 1
+    step = ddim_update(oracle(objective, x0), sched)
+    out = repaint(step, torch.randn(1, 3, 16, 24), sched, x0, mask, resample=2)
+    assert torch.equal(out[..., :12], x0[..., :12])
+    assert torch.allclose(out, x0, atol=1e-3)  # the oracle also fills the rest with x0
+
+
+@pytest.fixture(scope="module")
+def trained(lmdb_path, codes, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("objective_runs")
+    out = {}
+    for objective in OBJECTIVES:
+        assert train_run(lmdb_path, codes, runs, objective, 3, "--objective", objective) == 0
+        out[objective] = runs / objective / "checkpoints" / "last.pt"
+    return out
+
+
+def test_objective_is_stored_and_followed_by_test_py(trained, tmp_path):
+    """train -> sample per objective through the CLIs: test.py reads the objective from the checkpoint (its images
+    are the ones the stored objective's process gives, and differ from what the eps process would give)."""
+    from model.checkpoint import load
+    test = load_script("test")
+    for objective, ckpt in trained.items():
+        bundle = load(ckpt, raw=True)
+        assert bundle.cfg.diffusion.objective == objective
+        out = tmp_path / objective
+        assert run_cli(test.main, ["-f", str(ckpt), "-g", str(out), "--codes", "1,0", "--raw", "--device", "cpu",
+                                   "--steps", "4", "--bands", "off"]) == 0
+        png = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / "0.png"))
+        _, x_T = test.per_image_noise(0, 0, bundle.cfg.model.code_dim, tuple(bundle.cfg.sampling.image_size))
+        code = bundle.net.codes(None, torch.tensor([1]))
+        den = Denoiser(bundle.net, bundle.cfg.model.patch_size)
+        with torch.no_grad():
+            mine = sample_canvas(den, x_T[None], code, schedule_from(bundle.cfg.diffusion).respace(4))
+            other = sample_canvas(den, x_T[None], code, process("flow" if objective == "eps" else "eps").respace(4))
+        as_png = lambda x: ((x[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().numpy()  # noqa: E731
+        assert np.abs(as_png(mine) - png).max() <= 1
+        assert np.abs(as_png(other) - png).max() > 1
+
+
+def test_codes_flag_errors_are_one_line(trained, tmp_path, capsys):
+    test = load_script("test")
+    ck = str(trained["v"])
+    for codes, msg in [("0,99", "rows"), ("a.png", "indices"), ("", "empty")]:
+        assert run_cli(test.main, ["-f", ck, "-g", str(tmp_path / "x"), "--codes", codes, "--raw", "--device", "cpu"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and msg in err[0], err
+    assert not (tmp_path / "x").exists()
+    # without --codes a train.py checkpoint has no latent model: the error says what to do
+    assert run_cli(test.main, ["-f", ck, "-g", str(tmp_path / "x"), "--device", "cpu"]) == 2
+    assert "--codes" in capsys.readouterr().err
+
+
+def test_paint_follows_the_objective(trained, tmp_path):
+    """Inpainting (RePaint) with a flow model through paint.py keeps the known pixels."""
+    from PIL import Image
+    paint = load_script("paint")
+    src = tmp_path / "src.png"
+    Image.fromarray((np.random.default_rng(0).random((16, 24, 3)) * 255).astype(np.uint8)).save(src)
+    mask = tmp_path / "mask.png"
+    m = np.zeros((16, 24), np.uint8)
+    m[:, 12:] = 255
+    Image.fromarray(m).save(mask)
+    out = tmp_path / "out.png"
+    assert run_cli(paint.main, ["inpaint", "-f", str(trained["flow"]), "-i", str(src), "-m", str(mask), "-o",
+                                str(out), "--device", "cpu", "--steps", "4", "--resample", "2", "--raw",
+                                "--code", "index:0"]) == 0
+    a, b = np.asarray(Image.open(src)), np.asarray(Image.open(out))
+    assert np.array_equal(a[:, :12], b[:, :12])
+
+
+def test_resume_refuses_another_objective(trained, lmdb_path, codes, capsys):
+    runs = trained["v"].parents[2]
+    assert train_run(lmdb_path, codes, runs, "v", 4, "--objective", "flow") == 2
+    assert "diffusion.objective" in capsys.readouterr().err
+
+
+def test_flow_time_input_is_scaled():
+    s = process("flow")
+    assert math.isclose(float(s.net_t(torch.tensor(0.25))), 250.0)
+    assert s.respace(10).model_t(9, 2, "cpu").tolist() == [1000.0, 1000.0]
+    assert s.respace(10).model_t(0, 1, "cpu").tolist() == [100.0]
