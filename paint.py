@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from diffusion import ddim_sample_latent, latent_schedule, sample_canvas, schedule_from, space_timesteps
+from diffusion.solvers import SAMPLERS, supported
 from model import Denoiser
 from model.checkpoint import load
 from model.collage import WRAPS
@@ -57,6 +58,9 @@ def build_parser():
     ap.add_argument("--fit_lr", type=float, default=1e-2, help="Adam learning rate of --code fit")
     ap.add_argument("--resample", type=positive_int, default=5,
                     help="RePaint resampling per step (1 = replacement only)")
+    ap.add_argument("--sampler", default="ddim", choices=list(SAMPLERS),
+                    help="ddim only (Euler for flow models, also called euler): replacement and RePaint impose the "
+                         "known pixels at every step, which a multistep solver's history cannot follow")
     ap.add_argument("--steps", type=positive_int, default=None,
                     help="DDIM steps (default: the checkpoint's sampling.steps, 50 for the paper's presets)")
     ap.add_argument("--cfg_scale", type=float, default=None, help="guidance w (default: the checkpoint's)")
@@ -179,6 +183,10 @@ def output_paths(out: Path, num: int) -> list:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.sampler not in ("ddim", "euler"):
+        raise CLIError(f"--sampler {args.sampler}: paint.py needs a one-step sampler (ddim; euler for flow models): "
+                       "replacement and RePaint re-impose the known pixels at every step, which a multistep "
+                       "solver's history cannot follow")
     paths = output_paths(Path(args.output), args.num)
     for path in paths:
         check_new_file(path, args.overwrite)
@@ -198,8 +206,12 @@ def main(argv=None) -> int:
     if m.min() == 1:
         raise CLIError("nothing to generate: the mask keeps every pixel")
     steps = args.steps if args.steps is not None else cfg.sampling.steps
+    why = supported(args.sampler, cfg.diffusion.objective)
+    if why:
+        raise CLIError(why)
     try:
-        space_timesteps(cfg.diffusion.num_timesteps, steps)
+        if cfg.diffusion.objective != "flow":  # a flow model takes any number of steps
+            space_timesteps(cfg.diffusion.num_timesteps, steps)
     except ValueError as e:
         raise CLIError(f"{e} (try 10, 20, 25, 50, 100, ...)") from None
     precision = check_precision(args.precision or sampling_precision(device), device)

@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from diffusion import ddim_sample_latent, latent_schedule, sample_canvas, schedule_from, space_timesteps
+from diffusion import ddim_sample_latent, latent_schedule, sample_canvas, space_timesteps
+from diffusion.solvers import SAMPLERS, evaluations, sampling_schedule, spacing, supported
 from model import Denoiser
 from model.checkpoint import load
 from model.collage import WRAPS
@@ -61,8 +62,14 @@ def build_parser():
     ap.add_argument("--seed", type=int, default=0, help="image k uses the seed (seed, k)")
     ap.add_argument("--cfg_scale", type=float, default=None,
                     help="guidance w: (1+w) eps_c - w eps_u, 0 = none (default: the checkpoint's sampling.cfg_scale)")
+    ap.add_argument("--sampler", default="ddim", choices=list(SAMPLERS),
+                    help="ddim (default, the paper's; Euler for flow models, also called euler), dpmpp2m / dpmpp3m "
+                         "(DPM-Solver++ multistep: as close to the ODE in 15-20 steps as DDIM in 50, "
+                         "docs/BENCHMARKS.md), heun (flow models)")
     ap.add_argument("--steps", type=positive_int, default=None,
-                    help="patch DDIM steps (default: the checkpoint's sampling.steps, 50 for the paper's presets)")
+                    help="patch sampler steps (default: the checkpoint's sampling.steps, 50 for the paper's presets)")
+    ap.add_argument("--latent_sampler", default="ddim", choices=["ddim", "dpmpp2m", "dpmpp3m"],
+                    help="sampler of the latent DDPM (default ddim, the paper's)")
     ap.add_argument("--latent_steps", type=positive_int, default=None,
                     help="latent DDIM steps (default: the checkpoint's sampling.latent_steps, 50 for the paper's)")
     ap.add_argument("--raw", action="store_true",
@@ -176,22 +183,33 @@ def generate(args, d: D.Dist) -> None:
     steps = args.steps if args.steps is not None else cfg.sampling.steps
     latent_steps = args.latent_steps if args.latent_steps is not None else cfg.sampling.latent_steps
     w = cfg.sampling.cfg_scale if args.cfg_scale is None else args.cfg_scale
-    for n, T in ((steps, cfg.diffusion.num_timesteps), (latent_steps, cfg.latent.num_timesteps)):
-        try:
-            space_timesteps(T, n)
-        except ValueError as e:
-            raise CLIError(f"{e} (try 10, 20, 25, 50, 100, ...)") from None
+    why = supported(args.sampler, cfg.diffusion.objective)
+    if why:
+        raise CLIError(why)
+    for n, T, sampler in ((steps, cfg.diffusion.num_timesteps, args.sampler),
+                          (latent_steps, cfg.latent.num_timesteps, args.latent_sampler)):
+        if cfg.diffusion.objective == "flow" and T == cfg.diffusion.num_timesteps:
+            continue  # a flow model takes any number of steps
+        if spacing(sampler) == "official":
+            try:
+                space_timesteps(T, n)
+            except ValueError as e:
+                raise CLIError(f"{e} (try 10, 20, 25, 50, 100, ...)") from None
+        elif not 1 <= n <= T:
+            raise CLIError(f"{sampler} needs 1..{T} steps, got {n}")
     band_rows, band_cols = parse_bands(args.bands, args.batch_size * (2 if w else 1), hw, p)
     if d.main:
-        sampler = "Euler" if cfg.diffusion.objective == "flow" else "DDIM"
-        print(f"{hw[0]}x{hw[1]} images, {cfg.diffusion.objective} model, {steps} {sampler} steps"
+        name = {"ddim": "Euler" if cfg.diffusion.objective == "flow" else "DDIM"}.get(args.sampler, args.sampler)
+        nfe = evaluations(args.sampler, steps)
+        print(f"{hw[0]}x{hw[1]} images, {cfg.diffusion.objective} model, {steps} {name} steps"
+              + (f" ({nfe} evaluations)" if nfe != steps else "")
               + (f" after {latent_steps} latent steps" if latent is not None and fixed is None else "")
               + (f", codes {args.codes}" if fixed is not None else "")
               + f", guidance {w}, {precision}, {'raw' if args.raw else 'EMA'} weights")
     # cast_weights: the same function in less memory
     unet = speed_up(cast_weights(unet.to(device), precision), args.compile, scope=args.compile_scope)
     latent = latent.to(device) if latent is not None else None
-    den, sched = Denoiser(unet, p, cfg.model.collage), schedule_from(cfg.diffusion).respace(steps)
+    den, sched = Denoiser(unet, p, cfg.model.collage), sampling_schedule(cfg.diffusion, args.sampler, steps)
     lat_sched = latent_schedule(cfg.latent.num_timesteps, cfg.latent.beta)
     created = make_parents(out / "0.png")
     done = 0
@@ -205,12 +223,13 @@ def generate(args, d: D.Dist) -> None:
             elif latent is None:  # the no-code ablation: the zero code
                 code = torch.zeros(len(ks), cfg.model.code_dim, device=device)
             else:
-                code = ddim_sample_latent(latent, torch.stack(z_T).to(device), latent_steps, lat_sched)
+                code = ddim_sample_latent(latent, torch.stack(z_T).to(device), latent_steps, lat_sched,
+                                          sampler=args.latent_sampler)
                 if z_mean is not None:
                     code = code * z_std.to(device) + z_mean.to(device)
             with autocast(device, precision):
                 img = sample_canvas(den, torch.stack(x_T).to(device), code, sched, w, band_rows, band_cols,
-                                    args.wrap, args.seed, cfg.sampling.clip_x0, in_place=True)
+                                    args.wrap, args.seed, cfg.sampling.clip_x0, in_place=True, sampler=args.sampler)
             for k, x in zip(ks, img):
                 save_png(x, out / f"{k}.png")
             done += len(ks)

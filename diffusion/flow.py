@@ -29,7 +29,9 @@ class FlowSchedule:
             raise ValueError(f"a flow sampler needs at least 1 step, got {num_timesteps}")
         self.num_timesteps, self.time_scale = int(num_timesteps), float(time_scale)
 
-    def respace(self, steps: int) -> "FlowSchedule":
+    def respace(self, steps: int, spacing: str = "uniform") -> "FlowSchedule":
+        """The uniform grid of ``steps`` steps from t = 1 to 0 (the only spacing; ``spacing`` is accepted so every
+        process respaces alike)."""
         return FlowSchedule(steps, self.time_scale)
 
     @staticmethod

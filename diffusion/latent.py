@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import torch
 
-from .samplers import ddim
+from .samplers import ddim, run_steps
 from .schedule import Schedule, latent_schedule
 
 
 @torch.no_grad()
 def ddim_sample_latent(latent_net, z_T: torch.Tensor, steps: int = 50, schedule: Schedule | None = None,
-                       progress: bool = False) -> torch.Tensor:
-    """DDIM (eta 0, no clipping) through the latent MLP with its own schedule: z_T (B, D) -> codes (B, D)."""
-    sched = (schedule or latent_schedule()).respace(steps)
-    return ddim(latent_net, z_T, sched, clip_x0=False, progress=progress)
+                       progress: bool = False, sampler: str = "ddim") -> torch.Tensor:
+    """DDIM (eta 0, no clipping; or a multistep solver of diffusion/solvers.py) through the latent MLP with its own
+    schedule: z_T (B, D) -> codes (B, D)."""
+    if sampler == "ddim":
+        return ddim(latent_net, z_T, (schedule or latent_schedule()).respace(steps), clip_x0=False,
+                    progress=progress)
+    from .solvers import make_update, spacing, supported
+    why = supported(sampler, "eps")
+    if why:
+        raise ValueError(why)
+    sched = (schedule or latent_schedule()).respace(steps, spacing(sampler))
+    return run_steps(make_update(sampler, latent_net, sched=sched, clip_x0=False), z_T, sched, progress)
 
 
 def latent_loss(latent_net, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,

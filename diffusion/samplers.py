@@ -79,22 +79,30 @@ ddim_loop = ddim  # the name of earlier versions
 @torch.no_grad()
 def sample_canvas(den, x_T: torch.Tensor, code: torch.Tensor, sched, cfg_scale: float = 0.0,
                   band_rows=None, band_cols=None, wrap: str = "", seed: int = 0, clip_x0: bool = True,
-                  progress: bool = False, in_place: bool = False, known=None, resample: int = 1) -> torch.Tensor:
+                  progress: bool = False, in_place: bool = False, known=None, resample: int = 1,
+                  sampler: str = "ddim") -> torch.Tensor:
     """Images (B, 3, H, W) in [-1, 1] from noise x_T and codes (B, D) with a Denoiser and a respaced process (the
-    model's objective: ``schedule_from(cfg.diffusion).respace(steps)``).
+    model's objective: ``sampling_schedule(cfg.diffusion, sampler, steps)``).
 
-    Banded with the feature collage: streamed in place (x_T is overwritten when in_place, else a copy is); otherwise
-    the whole canvas per step (the ablations chunk their independent patches by the same bands). known = (x_known,
-    mask) conditions on known pixels (diffusion/inpaint.py: replacement, RePaint with resample > 1)."""
-    if (band_rows is not None or band_cols is not None) and den.streams:
+    sampler: "ddim" (the paper's; Euler for a flow model, also called "euler"), or a fast solver of
+    diffusion/solvers.py ("dpmpp2m", "dpmpp3m"; "heun" for flow models). Banded with the feature collage: streamed
+    in place (x_T is overwritten when in_place, else a copy is); otherwise the whole canvas per step (the ablations
+    chunk their independent patches by the same bands). known = (x_known, mask) conditions on known pixels
+    (diffusion/inpaint.py: replacement, RePaint with resample > 1; one-step samplers only)."""
+    from .solvers import make_update
+    if known is not None and sampler not in ("ddim", "euler"):
+        raise ValueError(f"known pixels (inpainting) need a one-step sampler (ddim), not {sampler}: RePaint "
+                         "re-noises x between steps, which a multistep history cannot follow")
+    if (band_rows is not None or band_cols is not None) and den.streams and sampler != "heun":
         rows = band_rows or x_T.shape[-2] // den.p
-        step = streamed_ddim_update(lambda x, t: den.eps_bands(x, t, code, rows, band_cols, cfg_scale, wrap),
-                                    sched, clip_x0)
+        step = make_update(sampler, bands_fn=lambda x, t: den.eps_bands(x, t, code, rows, band_cols, cfg_scale,
+                                                                        wrap), sched=sched, clip_x0=clip_x0)
         x = x_T if in_place else x_T.clone()
     else:
         at = {}  # the sampling step k of the current update (the pixel-space modes shift their grid by it)
-        inner = ddim_update(lambda x, t: den.eps(x, t, code, cfg_scale, band_rows=band_rows, band_cols=band_cols,
-                                                 wrap=wrap, step=at["k"], seed=seed), sched, clip_x0)
+        inner = make_update(sampler, lambda x, t: den.eps(x, t, code, cfg_scale, band_rows=band_rows,
+                                                          band_cols=band_cols, wrap=wrap, step=at["k"], seed=seed),
+                            sched=sched, clip_x0=clip_x0)
 
         def step(x, i):
             at["k"] = sched.num_timesteps - 1 - i
@@ -104,4 +112,4 @@ def sample_canvas(den, x_T: torch.Tensor, code: torch.Tensor, sched, cfg_scale: 
     if known is not None:
         from .inpaint import repaint
         return repaint(step, x, sched, *known, resample=resample, seed=seed, progress=progress)
-    return run_steps(step, x, sched, progress)
+    return run_steps(step, x, sched, progress, desc=sampler)

@@ -65,9 +65,18 @@ class Schedule:
         self.sqrt_recip_alphas_cumprod = (1.0 / self.alphas_cumprod).sqrt()
         self.sqrt_recipm1_alphas_cumprod = (1.0 / self.alphas_cumprod - 1.0).sqrt()
 
-    def respace(self, steps: int) -> "Schedule":
-        """The schedule over ``space_timesteps(T, steps)`` with the same alphas_cumprod at kept timesteps."""
-        keep = space_timesteps(self.num_timesteps, steps)
+    def respace(self, steps: int, spacing: str = "official") -> "Schedule":
+        """The schedule over ``steps`` kept timesteps with the same alphas_cumprod there: ``space_timesteps(T, steps)``
+        (spacing "official", DDIM's), or "linspace": round(linspace(0, T - 1, steps + 1)) without its 0, so the first
+        step is at T - 1 (the spacing of diffusers' multistep solvers, which the fast samplers use)."""
+        if spacing == "official":
+            keep = space_timesteps(self.num_timesteps, steps)
+        elif spacing == "linspace":
+            if not 1 <= steps <= self.num_timesteps:
+                raise ValueError(f"steps must be in 1..{self.num_timesteps}, got {steps}")
+            keep = sorted(set(np.linspace(0, self.num_timesteps - 1, steps + 1).round().astype(int).tolist()[1:]))
+        else:
+            raise ValueError(f"spacing {spacing!r}: choose official or linspace")
         betas, last = [], 1.0
         for i in keep:
             betas.append(1.0 - self.alphas_cumprod[i] / last)
@@ -128,6 +137,10 @@ class Schedule:
         """The inverse of ``to_eps`` for a v model: v = (eps - sqrt(1 - abar) x_t) / sqrt(abar)."""
         a, s = self.at(self.sqrt_alphas_cumprod, i, x_t), self.at(self.sqrt_one_minus_alphas_cumprod, i, x_t)
         return (eps - s * x_t) / a
+
+    def to_x0(self, x_t, i, out):
+        """The predicted x0 at step i from the network output."""
+        return self.predict_x0(x_t, i, self.to_eps(x_t, i, out))
 
     def alpha_sigma(self, i: int) -> tuple:
         """(alpha, sigma) of step i as floats (x_t = alpha x0 + sigma eps); i = -1 is the clean end (1, 0)."""

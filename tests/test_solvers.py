@@ -1,0 +1,165 @@
+"""The fast samplers (diffusion/solvers.py): oracle models, the exact ODE solution of a Gaussian toy, diffusers'
+DPM-Solver++ where it is installed, banded = whole, and the command-line rules."""
+
+import numpy as np
+import pytest
+import torch
+
+from configs import DiffusionConfig
+from diffusion import sample_canvas, schedule_from
+from diffusion.samplers import run_steps
+from diffusion.solvers import make_update, sampling_schedule, spacing
+from model import Denoiser
+from runtime.errors import run_cli
+from tests.helpers import load_script
+
+P, D = 8, 512
+VP_SAMPLERS = ["ddim", "dpmpp2m", "dpmpp3m"]
+FLOW_SAMPLERS = ["euler", "heun", "dpmpp2m", "dpmpp3m"]
+CASES = [(o, s) for o in ("eps", "v") for s in VP_SAMPLERS] + [("flow", s) for s in FLOW_SAMPLERS]
+
+
+def process(objective, sampler, steps):
+    return sampling_schedule(DiffusionConfig(objective=objective), sampler, steps)
+
+
+def abar_at(t):
+    return schedule_from(DiffusionConfig()).alphas_cumprod[t].float()
+
+
+def alpha_sigma_at(objective, t):
+    """(alpha, sigma) per sample at network time t (B,)."""
+    if objective == "flow":
+        s = t.float() / 1000
+        return (1 - s), s
+    a = abar_at(t)
+    return a.sqrt(), (1 - a).sqrt()
+
+
+def output_for(objective, x_t, t, x0):
+    """The network output whose x0 prediction is x0."""
+    al, si = (v[:, None, None, None] for v in alpha_sigma_at(objective, t))
+    eps = (x_t - al * x0) / si
+    if objective == "eps":
+        return eps
+    if objective == "v":
+        return al * eps - si * x0
+    return eps - x0
+
+
+def sample(objective, sampler, steps, model, x_T, clip=True):
+    sched = process(objective, sampler, steps)
+    return run_steps(make_update(sampler, model, sched=sched, clip_x0=clip), x_T.clone(), sched)
+
+
+@pytest.mark.parametrize("objective,sampler", CASES)
+def test_oracle_model_returns_x0(objective, sampler):
+    x0 = torch.rand(2, 3, 8, 8) * 1.8 - 0.9
+    out = sample(objective, sampler, 10, lambda x, t: output_for(objective, x, t, x0), torch.randn(2, 3, 8, 8))
+    assert torch.allclose(out, x0, atol=1e-3), (out - x0).abs().max()
+
+
+@pytest.mark.parametrize("objective", ["eps", "v", "flow"])
+def test_gaussian_toy_exact_solution(objective):
+    """Data N(0, s^2): the probability-flow ODE maps x_T to x_T s / sqrt(alpha_T^2 s^2 + sigma_T^2); the
+    2nd/3rd-order solvers get much closer than the first-order step at the same number of steps, and converge."""
+    s2 = 4.0  # a large variance: the final step's jump to the posterior mean is then nearly the ODE's end
+    x_T = torch.randn(4096, 1, 1, 1, dtype=torch.float64).float()
+
+    def model(x, t):  # the exact posterior mean E[x0 | x_t] = alpha s^2 / (alpha^2 s^2 + sigma^2) x_t
+        al, si = (v[:, None, None, None] for v in alpha_sigma_at(objective, t))
+        x0 = al * s2 / (al ** 2 * s2 + si ** 2) * x
+        return output_for(objective, x, t, x0)
+
+    def exact(sampler, steps):
+        sched = process(objective, sampler, steps)
+        al, si = sched.alpha_sigma(sched.num_timesteps - 1)
+        return x_T * np.sqrt(s2) / np.sqrt(al ** 2 * s2 + si ** 2)
+
+    first = "euler" if objective == "flow" else "ddim"
+    err = {}
+    for sampler in [first, "dpmpp2m", "dpmpp3m"] + (["heun"] if objective == "flow" else []):
+        for steps in (5, 10, 20):
+            out = sample(objective, sampler, steps, model, x_T, clip=False)
+            err[sampler, steps] = (out - exact(sampler, steps)).abs().max().item()
+    for sampler in ("dpmpp2m", "dpmpp3m") + (("heun",) if objective == "flow" else ()):
+        assert err[sampler, 10] < 0.5 * err[first, 10], err
+        assert err[sampler, 20] < err[sampler, 5], err
+    assert err[first, 20] < err[first, 5]
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("order,clip", [(2, True), (2, False), (3, True), (3, False)])
+@pytest.mark.parametrize("steps", [10, 20])
+def test_dpmpp_matches_diffusers(prediction, order, clip, steps):
+    diffusers = pytest.importorskip("diffusers")
+    sch = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
+                                                beta_schedule="linear", solver_order=order,
+                                                prediction_type=prediction, algorithm_type="dpmsolver++",
+                                                thresholding=clip, sample_max_value=1.0, dynamic_thresholding_ratio=1.0)
+    sch.set_timesteps(steps)
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 3, generator=g) * 0.3
+
+    def net(x, t):  # a smooth random function of x and t
+        return torch.tanh(torch.einsum("ij,bjhw->bihw", w, x) + t.float()[:, None, None, None] / 1000)
+
+    x_T = torch.randn(2, 3, 8, 8, generator=g)
+    x = x_T.clone()
+    for t in sch.timesteps:
+        x = sch.step(net(x, t.repeat(2)), t, x).prev_sample
+    objective = "eps" if prediction == "epsilon" else "v"
+    sampler = f"dpmpp{order}m"
+    mine = sample(objective, sampler, steps, net, x_T, clip=clip)
+    sched = process(objective, sampler, steps)
+    assert sched.timestep_map[::-1] == sch.timesteps.tolist()
+    assert (mine - x).abs().max() < 2e-3, (mine - x).abs().max()
+
+
+@pytest.mark.parametrize("objective,sampler", [("eps", "dpmpp2m"), ("v", "dpmpp3m"), ("flow", "dpmpp2m"),
+                                               ("flow", "heun")])
+@pytest.mark.parametrize("band", [1, 2])
+def test_banded_equals_whole(tiny_unet, objective, sampler, band):
+    den = Denoiser(tiny_unet, P)
+    x_T, code = torch.randn(2, 3, 40, 16), torch.randn(2, D)
+    sched = process(objective, sampler, 5)
+    a = sample_canvas(den, x_T, code, sched, sampler=sampler)
+    b = sample_canvas(den, x_T, code, sched, band_rows=band, sampler=sampler)
+    c = sample_canvas(den, x_T, code, sched, 0.5, band_rows=band, sampler=sampler)
+    assert (a - b).abs().max() < 1e-3
+    assert (a - c).abs().max() > 1e-2  # guidance reaches the solver
+
+
+def test_solvers_keep_ddim_official():
+    """--sampler ddim keeps the official respacing; the solvers start at T - 1."""
+    assert spacing("ddim") == "official" and process("eps", "ddim", 50).timestep_map[-1] == 980
+    assert process("eps", "dpmpp2m", 20).timestep_map[-1] == 999
+    assert process("eps", "dpmpp2m", 20).num_timesteps == 20
+
+
+def test_cli_samplers_and_refusals(lmdb_path, codes, tmp_path, capsys):
+    from tests.helpers import train_run
+    runs = tmp_path / "runs"
+    assert train_run(lmdb_path, codes, runs, "e", 2) == 0
+    ck = str(runs / "e" / "checkpoints" / "last.pt")
+    test = load_script("test")
+    base = ["-f", ck, "--codes", "0,1", "--raw", "--device", "cpu"]
+    assert run_cli(test.main, [*base, "-g", str(tmp_path / "a"), "--sampler", "dpmpp2m", "--steps", "7"]) == 0
+    assert (tmp_path / "a" / "1.png").exists()
+    capsys.readouterr()
+    assert run_cli(test.main, [*base, "-g", str(tmp_path / "b"), "--sampler", "heun"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "flow" in err[0], err
+    assert not (tmp_path / "b").exists()
+    paint = load_script("paint")
+    from PIL import Image
+    Image.fromarray(np.zeros((16, 24, 3), np.uint8)).save(tmp_path / "src.png")
+    m = np.zeros((16, 24), np.uint8)
+    m[:, 12:] = 255
+    Image.fromarray(m).save(tmp_path / "mask.png")
+    assert run_cli(paint.main, ["inpaint", "-f", ck, "-i", str(tmp_path / "src.png"), "-m", str(tmp_path / "mask.png"),
+                                "-o", str(tmp_path / "o.png"), "--raw", "--device", "cpu", "--code", "index:0",
+                                "--sampler", "dpmpp2m"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ddim" in err[0], err
+    assert not (tmp_path / "o.png").exists()
