@@ -27,8 +27,9 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from benchmarks.common import emit
 from configs import get_preset
-from diffusion import ddim_sample_canvas, default_schedule
-from model import build_patchdm, build_unet
+from diffusion import ddim_sample_canvas, default_schedule, sample_canvas
+from diffusion.solvers import sampling_schedule
+from model import Denoiser, build_patchdm, build_unet
 from runtime.device import DTYPES
 from runtime.cli import parse_bands, parse_hw
 from runtime.fast import cast_weights, set_checkpointing
@@ -104,11 +105,16 @@ def fake_autocast(device_type: str, precision: str):
 
 
 def sampling_peak(preset: str, hw: tuple, batch: int, precision: str = "bf16", bands: str = "auto",
-                  cfg_scale: float = 0.0, steps: int = 2) -> float:
-    """Estimated peak bytes of ``ddim_sample_canvas`` as benchmarks/sample_speed.py and test.py run it."""
+                  cfg_scale: float = 0.0, steps: int = 2, sampler: str = "ddim") -> float:
+    """Estimated peak bytes of ``ddim_sample_canvas`` (``sample_canvas`` with another sampler: 3 steps, so a
+    multistep solver's history is live) as benchmarks/sample_speed.py and test.py run it."""
     cfg = get_preset(preset)
     p = cfg.model.patch_size
     br, bc = parse_bands(bands, batch * (2 if cfg_scale else 1), hw, p)
+    sched = None
+    if sampler != "ddim":  # built here, from real numbers, with its step constants read before the fake tensors
+        sched = sampling_schedule(cfg.diffusion, sampler, max(steps, 3))
+        sched.alpha_sigma(0)
     with fake_mode(), torch.no_grad():
         with torch.device("cuda"):
             unet = cast_weights(build_unet(cfg.model).eval(), precision)
@@ -116,8 +122,12 @@ def sampling_peak(preset: str, hw: tuple, batch: int, precision: str = "bf16", b
             code = torch.randn(batch, cfg.model.code_dim)
         live = LiveBytes().track(*unet.parameters(), *unet.buffers(), x_T, code)
         with live, fake_autocast("cuda", precision):
-            ddim_sample_canvas(unet, x_T, code, steps=steps, patch_size=p, cfg_scale=cfg_scale, band_rows=br,
-                               band_cols=bc, in_place=True)
+            if sampler == "ddim":
+                ddim_sample_canvas(unet, x_T, code, steps=steps, patch_size=p, cfg_scale=cfg_scale, band_rows=br,
+                                   band_cols=bc, in_place=True)
+            else:
+                sample_canvas(Denoiser(unet, p), x_T, code, sched, cfg_scale, br, bc, in_place=True,
+                              sampler=sampler)
     return live.peak
 
 
@@ -168,6 +178,7 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="bf16", help="comma-separated: fp32, fp16, bf16")
     ap.add_argument("--bands", default="auto", help="sampling: comma-separated; auto, off, R or RxC (as test.py)")
     ap.add_argument("--cfg_scale", type=float, default=0.0)
+    ap.add_argument("--sampler", default="ddim", help="sampling: ddim, dpmpp2m, dpmpp3m (diffusion/solvers.py)")
     ap.add_argument("--train", action="store_true", help="estimate a training step instead of sampling")
     ap.add_argument("--batch", type=int, default=96, help="training batch")
     ap.add_argument("--checkpointing", action="store_true", help="training: activation checkpointing per block")
@@ -190,11 +201,13 @@ def main(argv=None) -> int:
         for size in args.sizes.split(","):
             for batch in (int(b) for b in args.batches.split(",")):
                 for bands in args.bands.split(","):
-                    peak = sampling_peak(args.preset, parse_hw(size), batch, precision, bands, args.cfg_scale)
+                    peak = sampling_peak(args.preset, parse_hw(size), batch, precision, bands, args.cfg_scale,
+                                         sampler=args.sampler)
                     rows.append(dict(preset=args.preset, what="sample", size=size, batch=batch, precision=precision,
-                                     bands=bands, cfg=args.cfg_scale, est_peak_gib=peak / 2 ** 30))
+                                     bands=bands, cfg=args.cfg_scale, sampler=args.sampler,
+                                     est_peak_gib=peak / 2 ** 30))
     cols = (["batch", "precision", "checkpointing", "est_peak_gib"] if args.train
-            else ["size", "batch", "precision", "bands", "cfg", "est_peak_gib"])
+            else ["size", "batch", "precision", "bands", "cfg", "sampler", "est_peak_gib"])
     emit(rows, args.out, cols)
     return 0
 

@@ -1,4 +1,5 @@
-"""Sampling speed and peak memory: 50-step DDIM over canvases of several sizes and batch sizes.
+"""Sampling speed and peak memory: 50-step DDIM (or --sampler dpmpp2m --steps 20, ...) over canvases of several
+sizes and batch sizes.
 
     python -m benchmarks.sample_speed --sizes 512x1024,1024x2048,4096x8192 --batches 1,4 --precision bf16
     python -m benchmarks.sample_speed --smoke          # the tiny preset on the CPU, seconds
@@ -16,23 +17,32 @@ import torch
 
 from benchmarks.common import emit, environment, timed
 from configs import get_preset
-from diffusion import ddim_sample_canvas
-from model import build_unet
+from diffusion import ddim_sample_canvas, sample_canvas
+from diffusion.solvers import sampling_schedule
+from model import Denoiser, build_unet
 from runtime.device import autocast, pick_device
 from runtime.cli import parse_bands, parse_hw
 from runtime.fast import COMPILE_SCOPES, cast_weights, speed_up
 
 
-def measure(unet, device, hw, batch, precision, steps, bands, cfg_scale, p, code_dim):
+def measure(unet, device, hw, batch, precision, steps, bands, cfg_scale, p, code_dim, sampler="ddim", diffusion=None):
     code = torch.randn(batch, code_dim, device=device)
     br, bc = parse_bands(bands, batch * (2 if cfg_scale else 1), hw, p)
     kw = dict(patch_size=p, cfg_scale=cfg_scale, band_rows=br, band_cols=bc, in_place=True)  # as test.py runs it
+
+    def sample(x_T, n):
+        if sampler == "ddim":
+            return ddim_sample_canvas(unet, x_T, code, steps=n, **kw)
+        return sample_canvas(Denoiser(unet, p), x_T, code, sampling_schedule(diffusion, sampler, n), cfg_scale, br,
+                             bc, in_place=True, sampler=sampler)
+
     with autocast(device, precision):
-        ddim_sample_canvas(unet, torch.randn(batch, 3, *hw, device=device), code, steps=2, **kw)
+        sample(torch.randn(batch, 3, *hw, device=device), 2)
         x_T, row = torch.randn(batch, 3, *hw, device=device), {}
         with timed(device, row):
-            ddim_sample_canvas(unet, x_T, code, steps=steps, **kw)
+            sample(x_T, steps)
     return dict(row, size=f"{hw[0]}x{hw[1]}", batch=batch, precision=precision, steps=steps, cfg=cfg_scale,
+                sampler=sampler,
                 bands="off" if br is None and bc is None else f"{br}x{bc or 'all'}", s_per_image=row["seconds"] / batch)
 
 
@@ -43,6 +53,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default="1,4", help="comma-separated batch sizes")
     ap.add_argument("--precision", default="bf16", help="comma-separated: fp32, fp16, bf16")
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--sampler", default="ddim", help="ddim, dpmpp2m, dpmpp3m (diffusion/solvers.py)")
     ap.add_argument("--cfg_scale", type=float, default=0.0)
     ap.add_argument("--bands", default="auto", help="auto, off, R or RxC tiles per band (as test.py)")
     ap.add_argument("--compile", default="none", help="torch.compile mode per block: none, default, "
@@ -68,11 +79,11 @@ def main(argv=None) -> int:
         for size in args.sizes.split(","):
             for batch in (int(b) for b in args.batches.split(",")):
                 r = measure(unet, device, parse_hw(size), batch, precision, args.steps, args.bands,
-                            args.cfg_scale, cfg.model.patch_size, cfg.model.code_dim)
+                            args.cfg_scale, cfg.model.patch_size, cfg.model.code_dim, args.sampler, cfg.diffusion)
                 rows.append({**env, "preset": args.preset, "compile": args.compile, "scope": args.compile_scope,
                              "channels_last": args.channels_last, **r})
-    emit(rows, args.out, ["size", "batch", "precision", "cfg", "bands", "compile", "scope", "channels_last",
-                          "s_per_image", "peak_gib"])
+    emit(rows, args.out, ["size", "batch", "precision", "cfg", "bands", "sampler", "steps", "compile", "scope",
+                          "channels_last", "s_per_image", "peak_gib"])
     return 0
 
 

@@ -146,7 +146,10 @@ class Schedule:
         """(alpha, sigma) of step i as floats (x_t = alpha x0 + sigma eps); i = -1 is the clean end (1, 0)."""
         if i < 0:
             return 1.0, 0.0
-        return float(self.sqrt_alphas_cumprod[i]), float(self.sqrt_one_minus_alphas_cumprod[i])
+        if not hasattr(self, "_alpha_sigma"):  # plain floats, read once (no tensor op per step)
+            self._alpha_sigma = list(zip(self.sqrt_alphas_cumprod.tolist(),
+                                         self.sqrt_one_minus_alphas_cumprod.tolist()))
+        return self._alpha_sigma[i]
 
     def step(self, x, i: int, out, clip_x0: bool = True):
         """The deterministic DDIM update (eta 0) from step i to i - 1 given the network output there."""

@@ -322,3 +322,29 @@ def test_windowed_items_equal_cropping_the_full_image(photos, tmp_path, fmt):
         ref = dataset.ImageDataset(png, (16, 24), "resize_crop", (16, 24))
         assert all(torch.equal(ref[k][0], data[k][0]) for k in range(len(data)))
         assert np.asarray(data.load(2)).shape == (16, 24, 3)
+
+
+def test_quickstart_runs_the_whole_chain_and_continues(tmp_path):
+    """scripts/quickstart.py: pack, codes, train, latent, samples on a folder, and a second run makes nothing new."""
+    import subprocess
+    import sys
+    src = tmp_path / "photos"
+    src.mkdir()
+    from tests.helpers import photo
+    for i in range(3):
+        Image.fromarray(photo(40, 64, i)).save(src / f"p{i}.jpg")
+    out = tmp_path / "qs"
+    cmd = [sys.executable, str(ROOT / "scripts" / "quickstart.py"), "-i", str(src), "-o", str(out), "--config",
+           "tiny", "--steps", "3", "--latent_steps", "3", "--num", "2", "--clip_pretrained", "none", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env, capture_output=True)
+    made = sorted(p.name for p in (out / "conditional").iterdir())
+    assert made == ["0.png", "1.png", "2.png", "real_0.png", "real_1.png", "real_2.png"]
+    assert sorted(p.name for p in (out / "unconditional").iterdir()) == ["0.png", "1.png"]
+    assert json.loads((out / "runs" / "patchdm" / "config.json").read_text())["diffusion"]["objective"] == "v"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env, capture_output=True)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before
+    bad = subprocess.run([*cmd[:3], str(tmp_path / "missing"), *cmd[4:]], cwd=ROOT, env=env, capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error:")

@@ -203,7 +203,8 @@ def test_codes_flag_errors_are_one_line(trained, tmp_path, capsys):
     test = load_script("test")
     ck = str(trained["v"])
     for codes, msg in [("0,99", "rows"), ("a.png", "indices"), ("", "empty")]:
-        assert run_cli(test.main, ["-f", ck, "-g", str(tmp_path / "x"), "--codes", codes, "--raw", "--device", "cpu"]) == 2
+        args = ["-f", ck, "-g", str(tmp_path / "x"), "--codes", codes, "--raw", "--device", "cpu"]
+        assert run_cli(test.main, args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:") and msg in err[0], err
     assert not (tmp_path / "x").exists()

@@ -163,3 +163,12 @@ def test_cli_samplers_and_refusals(lmdb_path, codes, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ddim" in err[0], err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_multistep_history_costs_one_canvas_per_order():
+    """The streamed solvers keep order - 1 x0 canvases (the oldest is reused for the newest), nothing more."""
+    from benchmarks.memory_estimate import sampling_peak
+    canvas = 3 * 128 * 192 * 4  # fp32 x0
+    peak = {s: sampling_peak("tiny", (128, 192), 1, "fp32", "1", sampler=s) for s in VP_SAMPLERS}
+    assert 0.9 < (peak["dpmpp2m"] - peak["ddim"]) / canvas < 1.2, peak
+    assert 1.9 < (peak["dpmpp3m"] - peak["ddim"]) / canvas < 2.2, peak

@@ -1,0 +1,125 @@
+"""How close each sampler gets to the probability-flow ODE's solution, per number of network evaluations, on a
+trained model: every deterministic sampler approximates the same ODE from the same x_T and code, so the reference is
+a 1000-step DDIM run (the finest the schedule allows), and each sampler is scored by its distance to it.
+
+    python -m benchmarks.sampler_accuracy -f runs/v/checkpoints/last.pt --codes 0,1,2,3,4,5,6,7 --seeds 2 --raw \
+        --out docs/img/samplers_v
+
+Images are made exactly as ``test.py -f CKPT --codes ... --seed S --sampler X --steps N --raw`` makes image k (the
+same x_T per image number, the code of training image codes[k mod n]), so any row can be re-made with test.py.
+Per sampler and step count: network evaluations, mean per-image RMS distance to the reference (pixels in [-1, 1]),
+the seam ratio on the image grid, and the sampling time per image measured here, one configuration after another in
+this process (so the ratios between rows are fair on a shared machine; the absolute times are this machine's).
+Writes OUT.json, OUT.md and OUT.png (the first image: rows = samplers, columns = step counts, reference first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from diffusion import sample_canvas  # noqa: E402
+from diffusion.solvers import evaluations, sampling_schedule, supported  # noqa: E402
+from metrics.seams import seam_ratio  # noqa: E402
+from model import Denoiser  # noqa: E402
+from model.checkpoint import load  # noqa: E402
+from runtime.files import save_grid, to_uint8  # noqa: E402
+from runtime.rng import rng  # noqa: E402
+
+
+def noise_of(seed: int, k: int, code_dim: int, hw: tuple) -> torch.Tensor:
+    """x_T of image k, as test.py draws it (z_T first, then x_T, from the image's own generator)."""
+    g = rng(seed, "image", k)
+    torch.randn(code_dim, generator=g)
+    return torch.randn(3, *hw, generator=g)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--full_path", "-f", required=True, help="train.py checkpoint (code table)")
+    ap.add_argument("--codes", default="0,1,2,3,4,5,6,7", help="training-image indices whose codes are used")
+    ap.add_argument("--seeds", type=int, default=2, help="seeds per code: samples = codes x seeds")
+    ap.add_argument("--samplers", default="auto", help="comma list (auto: ddim, dpmpp2m, dpmpp3m; + heun for flow)")
+    ap.add_argument("--steps", default="10,15,20,25,50")
+    ap.add_argument("--ref_steps", type=int, default=1000)
+    ap.add_argument("--raw", action="store_true", help="raw (non-EMA) weights")
+    ap.add_argument("--batch_size", "-b", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--out", required=True, help="output stem: OUT.json, OUT.md, OUT.png")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    b = load(args.full_path, args.raw)
+    cfg, net = b.cfg, b.net
+    obj, p, hw = cfg.diffusion.objective, cfg.model.patch_size, tuple(cfg.sampling.image_size)
+    samplers = (["ddim", "dpmpp2m", "dpmpp3m"] + (["heun"] if obj == "flow" else [])
+                if args.samplers == "auto" else args.samplers.split(","))
+    for s in samplers:
+        if supported(s, obj):
+            sys.exit(f"error: {supported(s, obj)}")
+    idx = [int(c) for c in args.codes.split(",")]
+    n = len(idx) * args.seeds
+    ks = list(range(n))  # image k: seed 0's numbering, code idx[k mod len(idx)] (test.py --codes --img_num n)
+    with torch.no_grad():
+        code = net.codes(None, torch.tensor([idx[k % len(idx)] for k in ks])).float()
+    x_T = torch.stack([noise_of(0, k, cfg.model.code_dim, hw) for k in ks])
+    den = Denoiser(net, p, cfg.model.collage)
+
+    def run(sampler, steps):
+        sched = sampling_schedule(cfg.diffusion, sampler, steps)
+        outs, t0 = [], time.perf_counter()
+        for i in range(0, n, args.batch_size):
+            outs.append(sample_canvas(den, x_T[i:i + args.batch_size].clone(), code[i:i + args.batch_size], sched,
+                                      cfg.sampling.cfg_scale, clip_x0=cfg.sampling.clip_x0, sampler=sampler))
+        return torch.cat(outs).clamp(-1, 1), (time.perf_counter() - t0) / n
+
+    ref, ref_time = run("ddim", args.ref_steps)
+    rows, grid = [], [ref[0]]
+    steps_list = [int(s) for s in args.steps.split(",")]
+    for s in samplers:
+        for steps in steps_list:
+            out, sec = run(s, steps)
+            rms = ((out - ref) ** 2).mean(dim=(1, 2, 3)).sqrt()
+            seams = [seam_ratio(to_uint8(x), p) for x in out]
+            seams = [v for v in seams if np.isfinite(v)]
+            rows.append(dict(sampler=s, steps=steps, nfe=evaluations(s, steps), rms=float(rms.mean()),
+                             rms_std=float(rms.std()), seam=float(np.mean(seams)), sec_per_image=sec))
+            grid.append(out[0])
+            print(json.dumps(rows[-1]), flush=True)
+    ref_seams = [seam_ratio(to_uint8(x), p) for x in ref]
+    result = dict(checkpoint=str(args.full_path), objective=obj, samples=n, ref_steps=args.ref_steps,
+                  ref_sec_per_image=ref_time, ref_seam=float(np.nanmean(ref_seams)), rows=rows)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    ddim50 = next((r for r in rows if r["sampler"] == "ddim" and r["steps"] == 50), None)
+    lines = [f"{obj} model, {n} samples, reference DDIM-{args.ref_steps} (seam ratio {result['ref_seam']:.3f}, "
+             f"{ref_time:.2f} s/image)", "",
+             "| sampler | steps | evaluations | RMS to reference | seam ratio | s/image | time vs DDIM-50 |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['sec_per_image'] / ddim50['sec_per_image']:.2f}" if ddim50 else ""
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['rms']:.4f} ± {r['rms_std']:.4f} | "
+                     f"{r['seam']:.3f} | {r['sec_per_image']:.3f} | {ratio} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    # picture: reference, then one row per sampler over the step counts
+    blank = torch.ones_like(ref[0])
+    cells = []
+    for si in range(len(samplers)):
+        cells += [ref[0] if si == 0 else blank] + grid[1 + si * len(steps_list):1 + (si + 1) * len(steps_list)]
+    save_grid(torch.stack(cells), out.with_suffix(".png"), ncol=1 + len(steps_list))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
