@@ -45,8 +45,9 @@ class Denoiser:
         """The network output over canvases x_t (B, 3, H, W) at network times t (B,) with codes (B, D): eps for the
         paper's objective (hence the name), v or the flow velocity for the others (the process converts it,
         diffusion/schedule.py); guided as (1 + w) out(code, pos) - w out(0, null pos) when cfg_scale = w != 0 (the
-        same guidance whatever the objective: each conversion is affine in the output with x_t fixed). band_rows / band_cols bound memory (same
-        result); wrap pads those axes circularly; step / seed choose the pixel-space modes' grid shift."""
+        same guidance whatever the objective: each conversion is affine in the output with x_t fixed). band_rows /
+        band_cols bound memory (same result); wrap pads those axes circularly; step / seed choose the pixel-space
+        modes' grid shift."""
         kw = dict(wrap=wrap, band_rows=band_rows, band_cols=band_cols, step=step, seed=seed)
         if not cfg_scale:
             return self.mode.eps(self.net, x_t, t, code, self.p, pos_keep=pos_keep, **kw)
