@@ -186,9 +186,9 @@ def generate(args, d: D.Dist) -> None:
     why = supported(args.sampler, cfg.diffusion.objective)
     if why:
         raise CLIError(why)
-    for n, T, sampler in ((steps, cfg.diffusion.num_timesteps, args.sampler),
-                          (latent_steps, cfg.latent.num_timesteps, args.latent_sampler)):
-        if cfg.diffusion.objective == "flow" and T == cfg.diffusion.num_timesteps:
+    for n, T, sampler, flow in ((steps, cfg.diffusion.num_timesteps, args.sampler, cfg.diffusion.objective == "flow"),
+                                (latent_steps, cfg.latent.num_timesteps, args.latent_sampler, False)):
+        if flow:
             continue  # a flow model takes any number of steps
         if spacing(sampler) == "official":
             try:
