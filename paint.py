@@ -140,7 +140,8 @@ def choose_code(args, net, cfg, latent, z_mean, z_std, x, m, device, k: int):
             raise CLIError("--code latent needs a checkpoint with a latent model (from train_latent.py)")
         g = rng(args.seed, "latent", k)
         code = ddim_sample_latent(latent, torch.randn(1, cfg.model.code_dim, generator=g).to(device),
-                                  schedule=latent_schedule(cfg.latent.num_timesteps, cfg.latent.beta),
+                                  schedule=latent_schedule(cfg.latent.num_timesteps, cfg.latent.beta,
+                                                           cfg.latent.objective),
                                   steps=cfg.sampling.latent_steps)
         return code if z_mean is None else code * z_std.to(device) + z_mean.to(device)
     if kind == "encoder":

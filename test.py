@@ -210,7 +210,7 @@ def generate(args, d: D.Dist) -> None:
     unet = speed_up(cast_weights(unet.to(device), precision), args.compile, scope=args.compile_scope)
     latent = latent.to(device) if latent is not None else None
     den, sched = Denoiser(unet, p, cfg.model.collage), sampling_schedule(cfg.diffusion, args.sampler, steps)
-    lat_sched = latent_schedule(cfg.latent.num_timesteps, cfg.latent.beta)
+    lat_sched = latent_schedule(cfg.latent.num_timesteps, cfg.latent.beta, cfg.latent.objective)
     created = make_parents(out / "0.png")
     done = 0
     bar = tqdm(total=len(todo), desc="generate", unit="img", dynamic_ncols=True, disable=not d.main)

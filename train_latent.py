@@ -42,6 +42,9 @@ def build_parser():
                     help="Patch-DM weights (and code table) to use; official: raw. Default ema, the weights "
                          "test.py samples with")
     ap.add_argument("--znormalize", action="store_true", help="train on z-normalised codes (test.py undoes it)")
+    ap.add_argument("--objective", choices=["eps", "v"], default=None,
+                    help="what the MLP predicts: eps (the paper's, default) or v (beyond the paper: "
+                         "docs/EVALUATION.md, unconditional samples)")
     ap.add_argument("--max_steps", type=positive_int, default=None,
                     help="optimizer steps (default: 60M samples / batch)")
     ap.add_argument("--batch_size", type=positive_int, default=None,
@@ -75,7 +78,8 @@ def main(argv=None) -> int:
         cfg.latent = saved.latent  # a resumed run keeps its own latent settings; flags and --set below change them
     try:
         for flag, field in (("max_steps", "latent.max_steps"), ("precision", "latent.precision"),
-                            ("data_path", "data.path"), ("batch_size", "latent.batch_size")):
+                            ("data_path", "data.path"), ("batch_size", "latent.batch_size"),
+                            ("objective", "latent.objective")):
             if getattr(args, flag) is not None:
                 assign(cfg, field, getattr(args, flag))
         cfg.latent.znormalize = args.znormalize

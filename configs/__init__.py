@@ -91,6 +91,7 @@ class LatentConfig:
     precision: str = "fp16"                 # official: fp16 autocast (fp32 on the CPU)
     max_steps: int = 0                      # 0 = total_samples // batch_size
     znormalize: bool = False                # official (since commit 7abc7dd)
+    objective: str = "eps"                  # official; "v" is beyond the paper (docs/EVALUATION.md)
 
 
 @dataclass
@@ -166,7 +167,7 @@ def _small() -> Config:
                           attention_levels=(2,), embed_channels=128, pos_sinusoid=16, code_dim=512, dropout=0.0,
                           encoder_channels=32, encoder_mult=(1, 2, 2, 2), encoder_attention_levels=(2,))
     c.data = DataConfig(image_size=(64, 128), transform="nature", resize=(64, 160), num_workers=1)
-    c.training = TrainingConfig(batch_size=32, precision="fp32", lr=2e-4, ema_decay=0.999,
+    c.training = TrainingConfig(batch_size=32, precision="fp32", lr=6e-4, ema_decay=0.999,
                                 save_every_samples=32_000, sample_every_samples=64_000)
     c.latent = LatentConfig(hidden=256, num_layers=4, time_sinusoid=32, batch_size=64, total_samples=200_000,
                             save_every_samples=50_000, ema_decay=0.999)
@@ -352,6 +353,7 @@ def validate(cfg: Config) -> Config:
     check(lat.time_sinusoid >= 2 and lat.time_sinusoid % 2 == 0, "latent.time_sinusoid", lat.time_sinusoid,
           "must be an even number of at least 2")
     check(0 < lat.beta < 1, "latent.beta", lat.beta, "must be in (0, 1)")
+    check(lat.objective in ("eps", "v"), "latent.objective", lat.objective, "choose eps or v")
     unit("latent", "ema_decay")
     pair("sampling.image_size", s.image_size)
     check(1 <= s.steps <= d.num_timesteps, "sampling.steps", s.steps, f"must be in 1..{d.num_timesteps}")

@@ -17,16 +17,18 @@ def ddim_sample_latent(latent_net, z_T: torch.Tensor, steps: int = 50, schedule:
         return ddim(latent_net, z_T, (schedule or latent_schedule()).respace(steps), clip_x0=False,
                     progress=progress)
     from .solvers import make_update, spacing, supported
-    why = supported(sampler, "eps")
+    sched = schedule or latent_schedule()
+    why = supported(sampler, sched.objective)
     if why:
         raise ValueError(why)
-    sched = (schedule or latent_schedule()).respace(steps, spacing(sampler))
+    sched = sched.respace(steps, spacing(sampler))
     return run_steps(make_update(sampler, latent_net, sched=sched, clip_x0=False), z_T, sched, progress)
 
 
 def latent_loss(latent_net, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                 schedule: Schedule | None = None) -> torch.Tensor:
-    """Latent DDPM loss: L1 between eps and the MLP's prediction, mean over dims then batch."""
+    """Latent DDPM loss: L1 between the schedule's target (eps, the paper's; or v) and the MLP's prediction, mean
+    over dims then batch."""
     sched = schedule or latent_schedule()
-    z_t = sched.q_sample(z0, t, noise)
-    return (noise - latent_net(z_t, t).float()).abs().mean()
+    z_t = sched.corrupt(z0, t, noise)
+    return (sched.target(z0, t, noise) - latent_net(z_t, t).float()).abs().mean()

@@ -185,9 +185,9 @@ def default_schedule() -> Schedule:
     return schedule_from(DiffusionConfig())
 
 
-def latent_schedule(num_timesteps: int = 1000, beta: float = 0.008) -> Schedule:
-    """The latent DDPM's constant-beta schedule."""
-    key = ("const", num_timesteps, beta)
+def latent_schedule(num_timesteps: int = 1000, beta: float = 0.008, prediction: str = "eps") -> Schedule:
+    """The latent DDPM's constant-beta schedule, with the MLP predicting eps (the paper's) or v (beyond the paper)."""
+    key = ("const", num_timesteps, beta, prediction)
     if key not in _CACHE:
-        _CACHE[key] = Schedule(const_betas(num_timesteps, beta))
+        _CACHE[key] = Schedule(const_betas(num_timesteps, beta), prediction=prediction)
     return _CACHE[key]

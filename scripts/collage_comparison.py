@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,15 +26,12 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scripts._steps import run  # noqa: E402
+
 from configs import get_preset  # noqa: E402
 from runtime.files import save_grid  # noqa: E402
 
 MODES = ("feature", "none")
-
-
-def run(args: list) -> None:
-    print("+", " ".join(shlex.quote(a) for a in args), flush=True)
-    subprocess.run([sys.executable, *args], check=True, cwd=ROOT)
 
 
 def main() -> int:

@@ -5,7 +5,8 @@ image and seam ratio, and (b) unconditional samples through a latent DDPM traine
     python img2lmdb.py -i photos/ -o ev/photos.lmdb --config small --format raw
     python initialize.py -d ev/photos.lmdb -o ev/codes.pt --clip_pretrained none
     python scripts/objective_evidence.py -d ev/photos.lmdb --codes ev/codes.pt -o ev --objectives v,flow,eps \
-        --steps 2000 -b 8 --train_args "--device cpu" --test_args "--device cpu"
+        --steps 2000 -b 8 --latent_steps 15000 --latent_args "--objective v --znormalize" \
+        --train_args "--device cpu" --test_args "--device cpu"
     python scripts/objective_evidence.py ... --objectives v --collages feature,none,pixel_fixed   # the ablation
 
 Every step goes through the command-line tools (train.py, train_latent.py, test.py --codes --raw, seams.py), so the
@@ -20,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,16 +31,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scripts._steps import run  # noqa: E402
+
 from configs import get_preset  # noqa: E402
 from dataset import build_dataset  # noqa: E402
 from runtime.files import save_grid, to_uint8  # noqa: E402
-
-
-def run(args: list) -> float:
-    print("+", " ".join(shlex.quote(str(a)) for a in args), flush=True)
-    t0 = time.time()
-    subprocess.run([sys.executable, *map(str, args)], check=True, cwd=ROOT)
-    return time.time() - t0
 
 
 def training_seconds(stats: Path) -> float:
@@ -83,6 +77,8 @@ def main() -> int:
     ap.add_argument("--uncond", type=int, default=16, help="unconditional samples per model (0: skip)")
     ap.add_argument("--train_args", default="", help="extra train.py arguments (quoted)")
     ap.add_argument("--test_args", default="", help="extra test.py / train_latent.py arguments (quoted)")
+    ap.add_argument("--latent_args", default="", help="extra train_latent.py arguments (quoted), e.g. "
+                    "\"--objective v --znormalize\"")
     args = ap.parse_args()
     out = Path(args.out).resolve()
     cfg = get_preset(args.config)
@@ -114,7 +110,7 @@ def main() -> int:
         if args.uncond:
             lat = f"{name}_latent"
             run(["train_latent.py", "-m", ckpt, "-n", lat, "--weights", "raw", "--max_steps", args.latent_steps,
-                 "--runs_dir", runs, *extra_test])
+                 "--runs_dir", runs, *shlex.split(args.latent_args), *extra_test])
             unc = out / f"uncond_{name}"
             run(["test.py", "-f", runs / lat / "checkpoints" / "last.pt", "-g", unc, "--img_num", args.uncond,
                  "--raw", "--steps", args.sample_steps, "-b", min(8, args.uncond), "--overwrite", *extra_test])

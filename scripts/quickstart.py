@@ -12,7 +12,8 @@ and never replaces anything already made. Writes into OUT/:
   photos.lmdb/        img2lmdb.py --config PRESET --format raw
   codes.pt            initialize.py (CLIP image embeddings; random ones with --clip_pretrained none)
   runs/patchdm/       train.py --objective OBJECTIVE (checkpoints/last.pt, stats.jsonl, EMA previews)
-  runs/latent/        train_latent.py --weights raw (the full checkpoint test.py samples with)
+  runs/latent/        train_latent.py --weights raw --objective v --znormalize (the full checkpoint test.py
+                      samples with)
   conditional/        test.py --codes 0,1,...: each training image's code, k.png next to real_k.png
   unconditional/      test.py: codes sampled by the latent model
 """
@@ -20,20 +21,13 @@ and never replaces anything already made. Writes into OUT/:
 from __future__ import annotations
 
 import argparse
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def run(args: list) -> None:
-    print("+", " ".join(shlex.quote(str(a)) for a in args), flush=True)
-    code = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT).returncode
-    if code:
-        sys.exit(code)  # the step printed its own one-line error
+from scripts._steps import run  # noqa: E402
 
 
 def main() -> int:
@@ -45,7 +39,9 @@ def main() -> int:
                     help="v (default here: images at CPU budgets), flow, or the paper's eps")
     ap.add_argument("--steps", type=int, default=2000, help="train.py optimizer steps")
     ap.add_argument("--batch_size", "-b", type=int, default=8)
-    ap.add_argument("--latent_steps", type=int, default=3000)
+    ap.add_argument("--latent_steps", type=int, default=15000, help="train_latent.py optimizer steps")
+    ap.add_argument("--latent_objective", default="v", choices=["eps", "v"],
+                    help="the latent MLP's target: v (default here: codes near the table's), or the paper's eps")
     ap.add_argument("--num", type=int, default=8, help="unconditional images")
     ap.add_argument("--clip_pretrained", default=None,
                     help="initialize.py --clip_pretrained (default: its own, OpenAI's weights from the local cache)")
@@ -71,8 +67,9 @@ def main() -> int:
          "--objective", args.objective, "-b", batch, "--max_steps", args.steps, "--runs_dir", runs,
          "--log_every", 100, *dev])
     full = runs / "latent" / "checkpoints" / "last.pt"
+    znorm = ["--znormalize"] if len(data) > 1 else []  # a standard deviation needs two codes
     run(["train_latent.py", "-m", ckpt, "-n", "latent", "--weights", "raw", "--max_steps", args.latent_steps,
-         "--runs_dir", runs, *dev])
+         "--objective", args.latent_objective, *znorm, "--runs_dir", runs, *dev])
     shown = list(range(min(len(data), 8)))
     run(["test.py", "-f", ckpt, "-g", out / "conditional", "--codes", ",".join(map(str, shown)), "--raw",
          "-b", len(shown), "--skip_existing", *dev])

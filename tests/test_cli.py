@@ -342,6 +342,8 @@ def test_quickstart_runs_the_whole_chain_and_continues(tmp_path):
     assert made == ["0.png", "1.png", "2.png", "real_0.png", "real_1.png", "real_2.png"]
     assert sorted(p.name for p in (out / "unconditional").iterdir()) == ["0.png", "1.png"]
     assert json.loads((out / "runs" / "patchdm" / "config.json").read_text())["diffusion"]["objective"] == "v"
+    latent = json.loads((out / "runs" / "latent" / "config.json").read_text())["latent"]
+    assert latent["objective"] == "v" and latent["znormalize"] is True
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     subprocess.run(cmd, check=True, cwd=ROOT, env=env, capture_output=True)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before

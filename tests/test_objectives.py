@@ -242,3 +242,86 @@ def test_flow_time_input_is_scaled():
     assert math.isclose(float(s.net_t(torch.tensor(0.25))), 250.0)
     assert s.respace(10).model_t(9, 2, "cpu").tolist() == [1000.0, 1000.0]
     assert s.respace(10).model_t(0, 1, "cpu").tolist() == [100.0]
+
+
+# -- the latent DDPM's objective (beyond the paper: v on its constant-beta schedule) ------------------------------
+
+def latent_abar(t):
+    """alphas_cumprod of the latent schedule (constant beta 0.008, T = 1000) at integer t, by hand."""
+    return (1 - 0.008) ** (np.asarray(t) + 1.0)
+
+
+@pytest.mark.parametrize("objective", ["eps", "v"])
+def test_latent_loss_target_by_hand(objective):
+    from diffusion import latent_loss, latent_schedule
+    g = torch.Generator().manual_seed(5)
+    z0, noise = torch.randn(4, 16, generator=g) * 3, torch.randn(4, 16, generator=g)
+    t = torch.tensor([0, 10, 500, 999])
+    w = torch.randn(16, 16, generator=g) / 4
+    net = lambda z, t: z @ w + t[:, None].float() / 1000  # noqa: E731  (any function of z_t and t)
+    a = torch.tensor(latent_abar(t.numpy()), dtype=torch.float32)[:, None]
+    z_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
+    target = noise if objective == "eps" else a.sqrt() * noise - (1 - a).sqrt() * z0
+    hand = (target - net(z_t, t)).abs().mean()
+    mine = latent_loss(net, z0, t, noise, latent_schedule(prediction=objective))
+    assert torch.allclose(mine, hand, rtol=1e-5), (mine, hand)
+    if objective == "v":
+        assert not torch.allclose(mine, latent_loss(net, z0, t, noise, latent_schedule()), rtol=1e-3)
+
+
+@pytest.mark.parametrize("objective", ["eps", "v"])
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m"])
+def test_latent_oracle_returns_the_code(objective, sampler):
+    """An MLP that knows z0 (its eps or v for the latent schedule) is sampled back to z0, without clipping."""
+    from diffusion import ddim_sample_latent, latent_schedule
+    z0 = torch.randn(3, 16) * 4  # codes are not in [-1, 1]: the latent sampler must not clip
+
+    def fn(z_t, t):
+        a = torch.tensor(latent_abar(t.numpy()), dtype=torch.float32)[:, None]
+        eps = (z_t - a.sqrt() * z0) / (1 - a).sqrt()
+        return eps if objective == "eps" else a.sqrt() * eps - (1 - a).sqrt() * z0
+    out = ddim_sample_latent(fn, torch.randn(3, 16), 20, latent_schedule(prediction=objective), sampler=sampler)
+    assert torch.allclose(out, z0, atol=1e-3), (out - z0).abs().max()
+
+
+def test_latent_objective_is_stored_and_followed_by_test_py(trained, tmp_path, monkeypatch):
+    """train_latent.py --objective v: the full checkpoint records it, and test.py samples the codes through the v
+    schedule (it hands the latent sampler a v schedule, and its image is the one made from the v-sampled code)."""
+    from diffusion import ddim_sample_latent, latent_schedule
+    from model.checkpoint import load
+    tl, test = load_script("train_latent"), load_script("test")
+    runs = tmp_path / "runs"
+    assert run_cli(tl.main, ["-m", str(trained["v"]), "-n", "lat", "--max_steps", "3", "--device", "cpu",
+                             "--runs_dir", str(runs), "--objective", "v", "--weights", "raw"]) == 0
+    full = runs / "lat" / "checkpoints" / "last.pt"
+    b = load(full, raw=True)
+    assert b.cfg.latent.objective == "v"
+    seen = []
+
+    def spy(net, z_T, steps, schedule, **kw):
+        seen.append(schedule.prediction)
+        return ddim_sample_latent(net, z_T, steps, schedule, **kw)
+    monkeypatch.setattr(test, "ddim_sample_latent", spy)
+    out = tmp_path / "imgs"
+    assert run_cli(test.main, ["-f", str(full), "-g", str(out), "--img_num", "1", "--raw", "--device", "cpu",
+                               "--steps", "3", "--bands", "off"]) == 0
+    assert seen == ["v"]
+    png = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / "0.png")).astype(float)
+    z_T, x_T = test.per_image_noise(0, 0, b.cfg.model.code_dim, tuple(b.cfg.sampling.image_size))
+    lc = b.cfg.latent
+    with torch.no_grad():
+        code = ddim_sample_latent(b.latent, z_T[None], b.cfg.sampling.latent_steps,
+                                  latent_schedule(lc.num_timesteps, lc.beta, "v"))
+        x = sample_canvas(Denoiser(b.net, b.cfg.model.patch_size), x_T[None], code,
+                          schedule_from(b.cfg.diffusion).respace(3))
+    assert np.abs(((x[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().numpy() - png).max() <= 1
+
+
+def test_latent_objective_flag_errors(trained, tmp_path, capsys):
+    tl = load_script("train_latent")
+    args = ["-m", str(trained["v"]), "-n", "lat", "--max_steps", "2", "--device", "cpu", "--weights", "raw",
+            "--runs_dir", str(tmp_path / "runs")]
+    assert run_cli(tl.main, [*args, "--set", "latent.objective=flow"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "latent.objective" in err[0], err
+    assert not (tmp_path / "runs").exists()

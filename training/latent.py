@@ -49,9 +49,11 @@ def train_latent(codes: torch.Tensor, cfg, run: Path, device, full: dict, old: d
     if old is not None:
         step = restore_training(old, net, ema, opt, scaler, "latent_raw", "latent")
         samples = old.get("samples", step * batch)
+    if lc.znormalize and n < 2:
+        raise CLIError(f"--znormalize needs at least 2 codes to take a standard deviation over; there is {n}")
     mean, std = codes.mean(0), codes.std(0)
     z = ((codes - mean) / std if lc.znormalize else codes).to(device)
-    sched = latent_schedule(lc.num_timesteps, lc.beta)
+    sched = latent_schedule(lc.num_timesteps, lc.beta, lc.objective)
 
     def save():
         atomic_save({**full, "step": step, "samples": samples, "latent": ema.state_dict(),
