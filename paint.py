@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from diffusion import ddim_sample_latent, latent_schedule, sample_canvas, schedule_from, space_timesteps
+from diffusion import ddim_sample_latent, latent_schedule_from, sample_canvas, schedule_from, space_timesteps
 from diffusion.solvers import SAMPLERS, supported
 from model import Denoiser
 from model.checkpoint import load
@@ -140,8 +140,7 @@ def choose_code(args, net, cfg, latent, z_mean, z_std, x, m, device, k: int):
             raise CLIError("--code latent needs a checkpoint with a latent model (from train_latent.py)")
         g = rng(args.seed, "latent", k)
         code = ddim_sample_latent(latent, torch.randn(1, cfg.model.code_dim, generator=g).to(device),
-                                  schedule=latent_schedule(cfg.latent.num_timesteps, cfg.latent.beta,
-                                                           cfg.latent.objective),
+                                  schedule=latent_schedule_from(cfg.latent),
                                   steps=cfg.sampling.latent_steps)
         return code if z_mean is None else code * z_std.to(device) + z_mean.to(device)
     if kind == "encoder":

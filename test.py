@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from diffusion import ddim_sample_latent, latent_schedule, sample_canvas, space_timesteps
+from diffusion import ddim_sample_latent, latent_schedule_from, sample_canvas, space_timesteps
 from diffusion.solvers import SAMPLERS, evaluations, sampling_schedule, spacing, supported
 from model import Denoiser
 from model.checkpoint import load
@@ -210,7 +210,7 @@ def generate(args, d: D.Dist) -> None:
     unet = speed_up(cast_weights(unet.to(device), precision), args.compile, scope=args.compile_scope)
     latent = latent.to(device) if latent is not None else None
     den, sched = Denoiser(unet, p, cfg.model.collage), sampling_schedule(cfg.diffusion, args.sampler, steps)
-    lat_sched = latent_schedule(cfg.latent.num_timesteps, cfg.latent.beta, cfg.latent.objective)
+    lat_sched = latent_schedule_from(cfg.latent)
     created = make_parents(out / "0.png")
     done = 0
     bar = tqdm(total=len(todo), desc="generate", unit="img", dynamic_ncols=True, disable=not d.main)

@@ -13,11 +13,10 @@ def ddim_sample_latent(latent_net, z_T: torch.Tensor, steps: int = 50, schedule:
                        progress: bool = False, sampler: str = "ddim") -> torch.Tensor:
     """DDIM (eta 0, no clipping; or a multistep solver of diffusion/solvers.py) through the latent MLP with its own
     schedule: z_T (B, D) -> codes (B, D)."""
-    if sampler == "ddim":
-        return ddim(latent_net, z_T, (schedule or latent_schedule()).respace(steps), clip_x0=False,
-                    progress=progress)
-    from .solvers import make_update, spacing, supported
     sched = schedule or latent_schedule()
+    if sampler == "ddim":
+        return ddim(latent_net, z_T, sched.respace(steps), clip_x0=False, progress=progress)
+    from .solvers import make_update, spacing, supported
     why = supported(sampler, sched.objective)
     if why:
         raise ValueError(why)

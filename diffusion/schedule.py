@@ -191,3 +191,8 @@ def latent_schedule(num_timesteps: int = 1000, beta: float = 0.008, prediction: 
     if key not in _CACHE:
         _CACHE[key] = Schedule(const_betas(num_timesteps, beta), prediction=prediction)
     return _CACHE[key]
+
+
+def latent_schedule_from(lc) -> Schedule:
+    """The latent DDPM's process from a LatentConfig (num_timesteps, beta, objective)."""
+    return latent_schedule(lc.num_timesteps, lc.beta, lc.objective)

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from configs import to_dict
-from diffusion import latent_loss, latent_schedule
+from diffusion import latent_loss, latent_schedule_from
 from model import build_latent, count_params
 from runtime.device import autocast
 from runtime.errors import CLIError
@@ -53,7 +53,7 @@ def train_latent(codes: torch.Tensor, cfg, run: Path, device, full: dict, old: d
         raise CLIError(f"--znormalize needs at least 2 codes to take a standard deviation over; there is {n}")
     mean, std = codes.mean(0), codes.std(0)
     z = ((codes - mean) / std if lc.znormalize else codes).to(device)
-    sched = latent_schedule(lc.num_timesteps, lc.beta, lc.objective)
+    sched = latent_schedule_from(lc)
 
     def save():
         atomic_save({**full, "step": step, "samples": samples, "latent": ema.state_dict(),
