@@ -34,10 +34,11 @@ class TimePosEmbed(nn.Module):
         Faithful (FAITHFULNESS.md: Guidance): a dropped position zeroes the sinusoid BEFORE the MLP, so the null
         position is MLP(0).
         """
-        p = torch.cat([sinusoid(pos[:, 0], self.pos_in), sinusoid(pos[:, 1], self.pos_in)], dim=1)
+        dtype = self.time_embed[0].weight.dtype  # float32 unless the module was cast (e.g. float64 in tests)
+        p = torch.cat([sinusoid(pos[:, 0], self.pos_in), sinusoid(pos[:, 1], self.pos_in)], dim=1).to(dtype)
         if pos_keep is not None:
             p = p * pos_keep[:, None].to(p.dtype)
-        return torch.cat([self.time_embed(sinusoid(t, self.time_in)), self.pos_embed(p)], dim=1)
+        return torch.cat([self.time_embed(sinusoid(t, self.time_in).to(dtype)), self.pos_embed(p)], dim=1)
 
 
 class PatchUNet(nn.Module):

@@ -7,6 +7,7 @@ from diffusion import (Schedule, canvas_eps, ddim_loop, ddim_sample_canvas, ddim
 from tests import official_style as ref
 
 D = 512  # code width of the tiny preset (CLIP width, as every real preset)
+F64 = dict(dtype=torch.float64)  # band-vs-whole comparisons run in float64 (conftest.tiny_unet64)
 
 P = 8  # tiny preset patch
 
@@ -190,15 +191,15 @@ def test_window_and_cfg_masks_are_seeded_and_in_range():
 
 
 @pytest.mark.parametrize("band", [1, 2, 3])
-def test_banded_canvas_equals_all_at_once(tiny_unet, band):
-    x, t, code = torch.randn(2, 3, 32, 24), torch.tensor([40, 700]), torch.randn(2, D)  # 4x3 tiles, 5x4 padded
+def test_banded_canvas_equals_all_at_once(tiny_unet64, band):
+    x, t, code = torch.randn(2, 3, 32, 24, **F64), torch.tensor([40, 700]), torch.randn(2, D, **F64)  # 4x3, 5x4 padded
     with torch.no_grad():
-        full = canvas_eps(tiny_unet, x, t, code, P)
-        banded = canvas_eps(tiny_unet, x, t, code, P, band_rows=band)
+        full = canvas_eps(tiny_unet64, x, t, code, P)
+        banded = canvas_eps(tiny_unet64, x, t, code, P, band_rows=band)
         keep = torch.tensor([1.0, 0.0])
-        assert torch.allclose(canvas_eps(tiny_unet, x, t, code, P, pos_keep=keep, band_rows=band),
-                              canvas_eps(tiny_unet, x, t, code, P, pos_keep=keep), atol=1e-5)
-    assert rel_err(banded, full) < 1e-5
+        assert torch.allclose(canvas_eps(tiny_unet64, x, t, code, P, pos_keep=keep, band_rows=band),
+                              canvas_eps(tiny_unet64, x, t, code, P, pos_keep=keep), atol=1e-9)
+    assert rel_err(banded, full) < 1e-10
 
 
 def test_banded_encoder_sees_each_padded_row_once(tiny_unet):
@@ -210,11 +211,11 @@ def test_banded_encoder_sees_each_padded_row_once(tiny_unet):
     assert calls == [2 * 4, 4, 4, 4]  # 5 padded rows of 4 patches: 2 rows first, then 1 new row per band
 
 
-def test_banded_ddim(tiny_unet):
-    x_T, code = torch.randn(1, 3, 24, 16), torch.randn(1, D)
-    a = ddim_sample_canvas(tiny_unet, x_T, code, steps=3, patch_size=P)
-    b = ddim_sample_canvas(tiny_unet, x_T, code, steps=3, patch_size=P, band_rows=1, cfg_scale=0.0)
-    assert (a - b).abs().max() < 1e-4
+def test_banded_ddim(tiny_unet64):
+    x_T, code = torch.randn(1, 3, 24, 16, **F64), torch.randn(1, D, **F64)
+    a = ddim_sample_canvas(tiny_unet64, x_T, code, steps=3, patch_size=P)
+    b = ddim_sample_canvas(tiny_unet64, x_T, code, steps=3, patch_size=P, band_rows=1, cfg_scale=0.0)
+    assert (a - b).abs().max() < 1e-9
 
 
 def test_window_crop_equals_slicing_the_padded_canvas():
@@ -245,25 +246,26 @@ def test_window_loss_equals_full_canvas_loss(tiny_unet):
 
 
 @pytest.mark.parametrize("w,band", [(0.0, 2), (0.5, 1), (0.5, 3)])
-def test_streamed_banded_ddim_equals_all_at_once(tiny_unet, w, band):
-    x_T, code = torch.randn(2, 3, 40, 16), torch.randn(2, D)  # 5 tile rows
-    a = ddim_sample_canvas(tiny_unet, x_T, code, steps=4, patch_size=P, cfg_scale=w)
+def test_streamed_banded_ddim_equals_all_at_once(tiny_unet64, w, band):
+    x_T, code = torch.randn(2, 3, 40, 16, **F64), torch.randn(2, D, **F64)  # 5 tile rows
+    a = ddim_sample_canvas(tiny_unet64, x_T, code, steps=4, patch_size=P, cfg_scale=w)
     before = x_T.clone()
-    b = ddim_sample_canvas(tiny_unet, x_T, code, steps=4, patch_size=P, cfg_scale=w, band_rows=band)
-    assert (a - b).abs().max() < 1e-4
+    b = ddim_sample_canvas(tiny_unet64, x_T, code, steps=4, patch_size=P, cfg_scale=w, band_rows=band)
+    assert (a - b).abs().max() < 1e-9
     assert torch.equal(x_T, before)  # the caller's x_T is not updated in place
 
 
 @pytest.mark.parametrize("rows,cols", [(1, 1), (2, 2), (3, 1), (None, 2)])
-def test_column_chunked_bands_equal_all_at_once(tiny_unet, rows, cols):
-    x, t, code = torch.randn(2, 3, 32, 40), torch.tensor([40, 700]), torch.randn(2, D)  # 4x5 tiles
+def test_column_chunked_bands_equal_all_at_once(tiny_unet64, rows, cols):
+    x, t, code = torch.randn(2, 3, 32, 40, **F64), torch.tensor([40, 700]), torch.randn(2, D, **F64)  # 4x5 tiles
+    net = tiny_unet64
     with torch.no_grad():
-        full = canvas_eps(tiny_unet, x, t, code, P)
-        chunked = canvas_eps(tiny_unet, x, t, code, P, band_rows=rows, band_cols=cols)
-    assert rel_err(chunked, full) < 1e-5
-    a = ddim_sample_canvas(tiny_unet, x, code, steps=3, patch_size=P, cfg_scale=0.5)
-    b = ddim_sample_canvas(tiny_unet, x, code, steps=3, patch_size=P, cfg_scale=0.5, band_rows=rows, band_cols=cols)
-    assert (a - b).abs().max() < 1e-4
+        full = canvas_eps(net, x, t, code, P)
+        chunked = canvas_eps(net, x, t, code, P, band_rows=rows, band_cols=cols)
+    assert rel_err(chunked, full) < 1e-10
+    a = ddim_sample_canvas(net, x, code, steps=3, patch_size=P, cfg_scale=0.5)
+    b = ddim_sample_canvas(net, x, code, steps=3, patch_size=P, cfg_scale=0.5, band_rows=rows, band_cols=cols)
+    assert (a - b).abs().max() < 1e-9
 
 
 def test_auto_band():
