@@ -11,6 +11,9 @@ Per sampler and step count: network evaluations, mean per-image RMS distance to 
 the seam ratio on the image grid, and the sampling time per image measured here, one configuration after another in
 this process (so the ratios between rows are fair on a shared machine; the absolute times are this machine's).
 Writes OUT.json, OUT.md and OUT.png (the first image: rows = samplers, columns = step counts, reference first).
+The reference (the slow part: 1000 evaluations per image, ~30 min for 16 images on 2 CPU cores) is kept in
+OUT.ref.pt and reused by the next run with the same checkpoint, codes, seeds and reference steps.
+A sampler may name its timestep spacing, ``dpmpp2m@linspace`` (diffusion/solvers.py, ``spacing``).
 """
 
 from __future__ import annotations
@@ -28,11 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diffusion import sample_canvas  # noqa: E402
-from diffusion.solvers import evaluations, sampling_schedule, supported  # noqa: E402
+from diffusion.solvers import SPACINGS, evaluations, sampling_schedule, supported  # noqa: E402
 from metrics.seams import seam_ratio  # noqa: E402
 from model import Denoiser  # noqa: E402
 from model.checkpoint import load  # noqa: E402
-from runtime.files import save_grid, to_uint8  # noqa: E402
+from runtime.files import atomic_save, save_grid, to_uint8  # noqa: E402
 from runtime.rng import rng  # noqa: E402
 
 
@@ -52,6 +55,8 @@ def main() -> int:
     ap.add_argument("--steps", default="10,15,20,25,50")
     ap.add_argument("--ref_steps", type=int, default=1000)
     ap.add_argument("--raw", action="store_true", help="raw (non-EMA) weights")
+    ap.add_argument("--no_clip", action="store_true",
+                    help="do not clip the x0 predictions to [-1, 1] (reference and samplers alike)")
     ap.add_argument("--batch_size", "-b", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--out", required=True, help="output stem: OUT.json, OUT.md, OUT.png")
@@ -64,8 +69,11 @@ def main() -> int:
     samplers = (["ddim", "dpmpp2m", "dpmpp3m"] + (["heun"] if obj == "flow" else [])
                 if args.samplers == "auto" else args.samplers.split(","))
     for s in samplers:
-        if supported(s, obj):
-            sys.exit(f"error: {supported(s, obj)}")
+        name, _, how = s.partition("@")
+        if supported(name, obj):
+            sys.exit(f"error: {supported(name, obj)}")
+        if how and how not in SPACINGS:
+            sys.exit(f"error: spacing {how!r} in {s!r}: choose one of {', '.join(SPACINGS)}")
     idx = [int(c) for c in args.codes.split(",")]
     n = len(idx) * args.seeds
     ks = list(range(n))  # image k: seed 0's numbering, code idx[k mod len(idx)] (test.py --codes --img_num n)
@@ -74,15 +82,28 @@ def main() -> int:
     x_T = torch.stack([noise_of(0, k, cfg.model.code_dim, hw) for k in ks])
     den = Denoiser(net, p, cfg.model.collage)
 
+    clip = cfg.sampling.clip_x0 and not args.no_clip
+
     def run(sampler, steps):
-        sched = sampling_schedule(cfg.diffusion, sampler, steps)
+        sampler, _, how = sampler.partition("@")
+        sched = sampling_schedule(cfg.diffusion, sampler, steps, how or None)
         outs, t0 = [], time.perf_counter()
         for i in range(0, n, args.batch_size):
             outs.append(sample_canvas(den, x_T[i:i + args.batch_size].clone(), code[i:i + args.batch_size], sched,
-                                      cfg.sampling.cfg_scale, clip_x0=cfg.sampling.clip_x0, sampler=sampler))
+                                      cfg.sampling.cfg_scale, clip_x0=clip, sampler=sampler))
         return torch.cat(outs).clamp(-1, 1), (time.perf_counter() - t0) / n
 
-    ref, ref_time = run("ddim", args.ref_steps)
+    ref_file = Path(args.out).with_suffix(".ref.pt")
+    meta = dict(checkpoint=str(Path(args.full_path).resolve()), mtime=Path(args.full_path).stat().st_mtime,
+                raw=args.raw, clip=clip, codes=idx, seeds=args.seeds, ref_steps=args.ref_steps)
+    cached = torch.load(ref_file, weights_only=True) if ref_file.exists() else None
+    if cached is not None and cached["meta"] == meta:
+        ref, ref_time = cached["ref"], cached["sec_per_image"]
+        print(f"reference: {ref_file} (DDIM-{args.ref_steps}, reused)", flush=True)
+    else:
+        ref, ref_time = run("ddim", args.ref_steps)
+        ref_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(dict(meta=meta, ref=ref, sec_per_image=ref_time), ref_file)
     rows, grid = [], [ref[0]]
     steps_list = [int(s) for s in args.steps.split(",")]
     for s in samplers:

@@ -67,16 +67,23 @@ class Schedule:
 
     def respace(self, steps: int, spacing: str = "official") -> "Schedule":
         """The schedule over ``steps`` kept timesteps with the same alphas_cumprod there: ``space_timesteps(T, steps)``
-        (spacing "official", DDIM's), or "linspace": round(linspace(0, T - 1, steps + 1)) without its 0, so the first
-        step is at T - 1 (the spacing of diffusers' multistep solvers, which the fast samplers use)."""
+        (spacing "official", DDIM's); "linspace": round(linspace(0, T - 1, steps + 1)) without its 0, so the first
+        step is at T - 1 and the last at about (T - 1)/steps, from where one step jumps to the clean image (the
+        spacing of diffusers' multistep solvers); or "linspace0": round(linspace(0, T - 1, steps)), the first step
+        at T - 1 and the last at t = 0, as in the official respacing, so the final jump is from the least noise."""
         if spacing == "official":
             keep = space_timesteps(self.num_timesteps, steps)
-        elif spacing == "linspace":
+        elif spacing in ("linspace", "linspace0"):
             if not 1 <= steps <= self.num_timesteps:
                 raise ValueError(f"steps must be in 1..{self.num_timesteps}, got {steps}")
-            keep = sorted(set(np.linspace(0, self.num_timesteps - 1, steps + 1).round().astype(int).tolist()[1:]))
+            if spacing == "linspace":
+                grid = np.linspace(0, self.num_timesteps - 1, steps + 1)[1:]
+            else:
+                last = self.num_timesteps - 1
+                grid = np.linspace(0, last, steps) if steps > 1 else np.array([last])
+            keep = sorted(set(grid.round().astype(int).tolist()))
         else:
-            raise ValueError(f"spacing {spacing!r}: choose official or linspace")
+            raise ValueError(f"spacing {spacing!r}: choose official, linspace or linspace0")
         betas, last = [], 1.0
         for i in keep:
             betas.append(1.0 - self.alphas_cumprod[i] / last)

@@ -30,6 +30,7 @@ from .samplers import ddim_update, streamed_ddim_update
 
 SAMPLERS = ("ddim", "euler", "heun", "dpmpp2m", "dpmpp3m")
 ORDERS = {"dpmpp2m": 2, "dpmpp3m": 3}
+SPACINGS = ("official", "linspace", "linspace0")  # Schedule.respace
 
 
 def supported(sampler: str, objective: str) -> str | None:
@@ -196,11 +197,11 @@ def make_update(sampler: str, model_fn=None, bands_fn=None, sched=None, clip_x0:
     raise ValueError(supported(sampler, "eps") or sampler)
 
 
-def sampling_schedule(diffusion_cfg, sampler: str, steps: int):
+def sampling_schedule(diffusion_cfg, sampler: str, steps: int, spacing_: str | None = None):
     """The respaced process a sampler runs on: the model's objective (``schedule_from``) over ``steps`` steps with
-    the sampler's spacing."""
+    the sampler's spacing (or ``spacing_``, one of SPACINGS; a flow model has only its uniform grid)."""
     from .schedule import schedule_from
-    return schedule_from(diffusion_cfg).respace(steps, spacing(sampler))
+    return schedule_from(diffusion_cfg).respace(steps, spacing_ or spacing(sampler))
 
 
 def evaluations(sampler: str, steps: int) -> int:

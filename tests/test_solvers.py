@@ -172,3 +172,18 @@ def test_multistep_history_costs_one_canvas_per_order():
     peak = {s: sampling_peak("tiny", (128, 192), 1, "fp32", "1", sampler=s) for s in VP_SAMPLERS}
     assert 0.9 < (peak["dpmpp2m"] - peak["ddim"]) / canvas < 1.2, peak
     assert 1.9 < (peak["dpmpp3m"] - peak["ddim"]) / canvas < 2.2, peak
+
+
+@pytest.mark.parametrize("steps", [1, 2, 10, 20])
+def test_spacings_endpoints(steps):
+    """linspace: N steps from T - 1 down to about (T - 1)/N (diffusers'); linspace0: N steps from T - 1 down to 0;
+    both keep alpha_bar at the kept timesteps; an unknown spacing is refused."""
+    full = schedule_from(DiffusionConfig())
+    for how, last in (("linspace", round(999 / steps)), ("linspace0", 0 if steps > 1 else 999)):
+        sched = full.respace(steps, how)
+        keep = sched.timestep_map
+        assert len(keep) == steps and keep[-1] == 999 and keep[0] == last, (how, keep)
+        assert np.allclose(sched.alphas_cumprod, full.alphas_cumprod[keep])
+        assert sampling_schedule(DiffusionConfig(), "dpmpp2m", steps, how).timestep_map == keep
+    with pytest.raises(ValueError, match="linspace0"):
+        full.respace(10, "trailing")
