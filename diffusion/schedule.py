@@ -79,8 +79,8 @@ class Schedule:
             if spacing == "linspace":
                 grid = np.linspace(0, self.num_timesteps - 1, steps + 1)[1:]
             else:
-                last = self.num_timesteps - 1
-                grid = np.linspace(0, last, steps) if steps > 1 else np.array([last])
+                t_max = self.num_timesteps - 1
+                grid = np.linspace(0, t_max, steps) if steps > 1 else np.array([t_max])
             keep = sorted(set(grid.round().astype(int).tolist()))
         else:
             raise ValueError(f"spacing {spacing!r}: choose official, linspace or linspace0")

@@ -197,11 +197,11 @@ def make_update(sampler: str, model_fn=None, bands_fn=None, sched=None, clip_x0:
     raise ValueError(supported(sampler, "eps") or sampler)
 
 
-def sampling_schedule(diffusion_cfg, sampler: str, steps: int, spacing_: str | None = None):
+def sampling_schedule(diffusion_cfg, sampler: str, steps: int, timestep_spacing: str | None = None):
     """The respaced process a sampler runs on: the model's objective (``schedule_from``) over ``steps`` steps with
-    the sampler's spacing (or ``spacing_``, one of SPACINGS; a flow model has only its uniform grid)."""
+    the sampler's spacing (or ``timestep_spacing``, one of SPACINGS; a flow model has only its uniform grid)."""
     from .schedule import schedule_from
-    return schedule_from(diffusion_cfg).respace(steps, spacing_ or spacing(sampler))
+    return schedule_from(diffusion_cfg).respace(steps, timestep_spacing or spacing(sampler))
 
 
 def evaluations(sampler: str, steps: int) -> int:
