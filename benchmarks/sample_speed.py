@@ -3,9 +3,12 @@ sizes and batch sizes.
 
     python -m benchmarks.sample_speed --sizes 512x1024,1024x2048,4096x8192 --batches 1,4 --precision bf16
     python -m benchmarks.sample_speed --smoke          # the tiny preset on the CPU, seconds
+    python -m benchmarks.sample_speed --compare ddim:50,dpmpp2m:20 --repeats 3   # time ratio of two settings
 
 Random weights (speed does not depend on them). Each configuration is warmed up with a 2-step run, then timed over
 a full run; s/image divides by the batch. --bands as test.py: auto, off (all at once), R or RxC tiles per band.
+--compare SAMPLER:STEPS,... times the settings in turn, --repeats rounds over all of them (so a machine whose speed
+drifts slows every setting alike), and reports each one's median s/image and its ratio to the first setting's.
 """
 
 from __future__ import annotations
@@ -64,7 +67,16 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=None, help="append JSONL rows here")
     ap.add_argument("--smoke", action="store_true", help="tiny preset, CPU, 3 steps")
+    ap.add_argument("--compare", default=None,
+                    help="SAMPLER:STEPS,...: time these settings in interleaved rounds (instead of --sampler/--steps)")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of --compare")
     args = ap.parse_args(argv)
+    settings = None
+    if args.compare:
+        try:
+            settings = [(n, int(k)) for n, k in (c.split(":") for c in args.compare.split(","))]
+        except ValueError:
+            sys.exit(f"error: --compare {args.compare!r}: expected SAMPLER:STEPS,... e.g. ddim:50,dpmpp2m:20")
     if args.smoke:
         args.preset, args.sizes, args.batches, args.precision, args.steps = "tiny", "16x24,32x48", "1,2", "fp32", 3
         args.device = args.device or "cpu"
@@ -78,13 +90,32 @@ def main(argv=None) -> int:
                         args.channels_last, scope=args.compile_scope)
         for size in args.sizes.split(","):
             for batch in (int(b) for b in args.batches.split(",")):
+                if settings:
+                    rows += compare(unet, device, parse_hw(size), batch, precision, settings, args, cfg, env)
+                    continue
                 r = measure(unet, device, parse_hw(size), batch, precision, args.steps, args.bands,
                             args.cfg_scale, cfg.model.patch_size, cfg.model.code_dim, args.sampler, cfg.diffusion)
                 rows.append({**env, "preset": args.preset, "compile": args.compile, "scope": args.compile_scope,
                              "channels_last": args.channels_last, **r})
     emit(rows, args.out, ["size", "batch", "precision", "cfg", "bands", "sampler", "steps", "compile", "scope",
-                          "channels_last", "s_per_image", "peak_gib"])
+                          "channels_last", "s_per_image", "peak_gib"] + (["repeats", "ratio"] if settings else []))
     return 0
+
+
+def compare(unet, device, hw, batch, precision, settings, args, cfg, env) -> list:
+    """One row per (sampler, steps) setting: the median s/image over --repeats interleaved rounds, and the ratio
+    of that median to the first setting's."""
+    times = {s: [] for s in settings}
+    last = {}
+    for _ in range(args.repeats):
+        for sampler, steps in settings:
+            last[sampler, steps] = measure(unet, device, hw, batch, precision, steps, args.bands, args.cfg_scale,
+                                           cfg.model.patch_size, cfg.model.code_dim, sampler, cfg.diffusion)
+            times[sampler, steps].append(last[sampler, steps]["s_per_image"])
+    med = {s: float(torch.tensor(v).median()) for s, v in times.items()}
+    return [{**env, "preset": args.preset, "compile": args.compile, "scope": args.compile_scope,
+             "channels_last": args.channels_last, **last[s], "s_per_image": med[s], "repeats": args.repeats,
+             "ratio": med[s] / med[settings[0]]} for s in settings]
 
 
 if __name__ == "__main__":

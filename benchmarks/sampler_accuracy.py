@@ -37,6 +37,7 @@ from model import Denoiser  # noqa: E402
 from model.checkpoint import load  # noqa: E402
 from runtime.files import atomic_save, save_grid, to_uint8  # noqa: E402
 from runtime.rng import rng  # noqa: E402
+from benchmarks.time_smoothness import smoothed_time  # noqa: E402
 
 
 def noise_of(seed: int, k: int, code_dim: int, hw: tuple) -> torch.Tensor:
@@ -57,6 +58,9 @@ def main() -> int:
     ap.add_argument("--raw", action="store_true", help="raw (non-EMA) weights")
     ap.add_argument("--no_clip", action="store_true",
                     help="do not clip the x0 predictions to [-1, 1] (reference and samplers alike)")
+    ap.add_argument("--smooth_time", type=float, default=0.0,
+                    help="diagnostic: run the samplers (not the reference) with the time embedding Gaussian-smoothed "
+                         "over t by this many timesteps (benchmarks.time_smoothness)")
     ap.add_argument("--batch_size", "-b", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--out", required=True, help="output stem: OUT.json, OUT.md, OUT.png")
@@ -108,7 +112,8 @@ def main() -> int:
     steps_list = [int(s) for s in args.steps.split(",")]
     for s in samplers:
         for steps in steps_list:
-            out, sec = run(s, steps)
+            with smoothed_time(net, args.smooth_time, cfg.diffusion.num_timesteps):
+                out, sec = run(s, steps)
             rms = ((out - ref) ** 2).mean(dim=(1, 2, 3)).sqrt()
             seams = [seam_ratio(to_uint8(x), p) for x in out]
             seams = [v for v in seams if np.isfinite(v)]
@@ -118,13 +123,15 @@ def main() -> int:
             print(json.dumps(rows[-1]), flush=True)
     ref_seams = [seam_ratio(to_uint8(x), p) for x in ref]
     result = dict(checkpoint=str(args.full_path), objective=obj, samples=n, ref_steps=args.ref_steps,
+                  smooth_time=args.smooth_time,
                   ref_sec_per_image=ref_time, ref_seam=float(np.nanmean(ref_seams)), rows=rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     ddim50 = next((r for r in rows if r["sampler"] == "ddim" and r["steps"] == 50), None)
     lines = [f"{obj} model, {n} samples, reference DDIM-{args.ref_steps} (seam ratio {result['ref_seam']:.3f}, "
-             f"{ref_time:.2f} s/image)", "",
+             f"{ref_time:.2f} s/image)" + (f"; samplers with the time embedding smoothed over "
+                                            f"{args.smooth_time:g} timesteps" if args.smooth_time else ""), "",
              "| sampler | steps | evaluations | RMS to reference | seam ratio | s/image | time vs DDIM-50 |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:

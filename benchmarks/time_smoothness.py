@@ -1,36 +1,71 @@
-"""How smooth is a trained model's output in t? (issue 13: why the multistep solvers behave first order.)
+"""How smooth is a trained model's output in t, and does that roughness matter to the solvers? (issue 13)
 
 At a fixed x_t and code, prints per t the RMS of the first difference f(t+1) - f(t), the second difference
-f(t+2) - 2 f(t+1) + f(t), and the change over 25 and 50 steps. For an output smooth at the solvers' step size the
-second difference is far below the first; a second difference as large as the first means a per-timestep jitter,
-which a 2nd/3rd-order extrapolation amplifies. x_t = sqrt(abar) * 0.3 tanh(n') + sqrt(1 - abar) * n, with n the
-sampler's x_T of images 0 and 1 (eps and v models).
+f(t+2) - 2 f(t+1) + f(t), and the change over 25 and 50 steps. For an output smooth at the step of one timestep
+the second difference is far below the first; on this project's CPU-scale models it is as large as the first: the
+time embedding's MLP output carries components that turn by up to a radian per timestep. ``--smooth SIGMA``
+measures the same with that MLP output Gaussian-smoothed over t (``smoothed_time``, also
+``benchmarks.sampler_accuracy --smooth_time``), which removes the roughness; docs/BENCHMARKS.md ("Fast samplers")
+shows the solvers' accuracy does not depend on it. x_t = sqrt(abar) * 0.3 tanh(n') + sqrt(1 - abar) * n, with n
+the sampler's x_T of images 0 and 1 (eps and v models).
 
-    python -m benchmarks.time_smoothness -f run/checkpoints/last.pt --raw --codes 0,5
+    python -m benchmarks.time_smoothness -f run/checkpoints/last.pt --raw --codes 0,5 [--smooth 10]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import types
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.sampler_accuracy import noise_of  # noqa: E402
 from diffusion import schedule_from  # noqa: E402
 from model import Denoiser  # noqa: E402
+from model.blocks import sinusoid  # noqa: E402
 from model.checkpoint import load  # noqa: E402
 
 
+@contextlib.contextmanager
+def smoothed_time(net, sigma: float, num_timesteps: int = 1000):
+    """Within the block, ``net``'s time embedding (the MLP output for integer t) is its Gaussian average over t with
+    standard deviation ``sigma`` timesteps (reflected at both ends); a diagnostic, not a sampler setting."""
+    emb = net.time_embed
+    if sigma <= 0:
+        yield
+        return
+    with torch.no_grad():
+        table = emb.time_embed(sinusoid(torch.arange(num_timesteps), emb.time_in).to(emb.time_embed[0].weight.dtype))
+        r = int(4 * sigma)
+        w = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=table.dtype) / sigma) ** 2)
+        padded = torch.cat([table[1:r + 1].flip(0), table, table[-r - 1:-1].flip(0)])
+        table = torch.stack([(padded[i:i + 2 * r + 1] * w[:, None]).sum(0) / w.sum() for i in range(num_timesteps)])
+
+    def forward(self, t, pos, pos_keep=None):
+        p = torch.cat([sinusoid(pos[:, 0], self.pos_in), sinusoid(pos[:, 1], self.pos_in)], dim=1).to(table.dtype)
+        if pos_keep is not None:
+            p = p * pos_keep[:, None].to(p.dtype)
+        return torch.cat([table.to(t.device)[t.long()], self.pos_embed(p)], dim=1)
+
+    emb.forward = types.MethodType(forward, emb)
+    try:
+        yield
+    finally:
+        del emb.forward
+
+
 def main() -> int:
+    from benchmarks.sampler_accuracy import noise_of
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full_path", "-f", required=True, help="train.py checkpoint (eps or v objective)")
     ap.add_argument("--codes", default="0,5", help="training-image indices whose codes are used")
     ap.add_argument("--times", default="900,500,100")
     ap.add_argument("--raw", action="store_true", help="raw (non-EMA) weights")
+    ap.add_argument("--smooth", type=float, default=0.0, help="Gaussian-smooth the time embedding over t (sigma)")
     args = ap.parse_args()
     b = load(args.full_path, args.raw)
     cfg, net = b.cfg, b.net
@@ -40,7 +75,7 @@ def main() -> int:
     idx = [int(c) for c in args.codes.split(",")]
     den = Denoiser(net, cfg.model.patch_size, cfg.model.collage)
     abar = schedule_from(cfg.diffusion).alphas_cumprod
-    with torch.no_grad():
+    with torch.no_grad(), smoothed_time(net, args.smooth, cfg.diffusion.num_timesteps):
         code = net.codes(None, torch.tensor(idx)).float()
         n = torch.stack([noise_of(0, k, cfg.model.code_dim, hw) for k in range(len(idx))])
         for t in (int(s) for s in args.times.split(",")):

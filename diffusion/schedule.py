@@ -34,6 +34,26 @@ def space_timesteps(num_timesteps: int, steps: int) -> list:
     raise ValueError(f"cannot make exactly {steps} DDIM steps out of {num_timesteps} with an integer stride")
 
 
+def logsnr_timesteps(alphas_cumprod: torch.Tensor, steps: int) -> list:
+    """``steps`` distinct timesteps, ascending, uniform in lambda = log(alpha / sigma) from the last timestep to the
+    first: lambda(t) is interpolated linearly between integer timesteps and each grid point rounded to the nearest
+    one; a point that lands on a timestep already taken (near t = 0, where lambda falls fastest) moves to the next
+    free one above it."""
+    num = len(alphas_cumprod)
+    if not 1 <= steps <= num:
+        raise ValueError(f"steps must be in 1..{num}, got {steps}")
+    abar = alphas_cumprod.double().numpy()
+    lam = 0.5 * (np.log(abar) - np.log1p(-abar))  # decreasing in t
+    grid = np.linspace(lam[0], lam[-1], steps) if steps > 1 else lam[-1:]  # clean end first: ascending t
+    t = np.interp(-grid, -lam, np.arange(num, dtype=np.float64)).round().astype(int).tolist()
+    for j in range(1, steps):  # distinct, ascending
+        t[j] = max(t[j], t[j - 1] + 1)
+    t[-1] = num - 1
+    for j in range(steps - 2, -1, -1):  # and within range at the top
+        t[j] = min(t[j], t[j + 1] - 1)
+    return t
+
+
 PREDICTIONS = ("eps", "v")
 
 
@@ -69,8 +89,11 @@ class Schedule:
         """The schedule over ``steps`` kept timesteps with the same alphas_cumprod there: ``space_timesteps(T, steps)``
         (spacing "official", DDIM's); "linspace": round(linspace(0, T - 1, steps + 1)) without its 0, so the first
         step is at T - 1 and the last at about (T - 1)/steps, from where one step jumps to the clean image (the
-        spacing of diffusers' multistep solvers); or "linspace0": round(linspace(0, T - 1, steps)), the first step
-        at T - 1 and the last at t = 0, as in the official respacing, so the final jump is from the least noise."""
+        spacing of diffusers' multistep solvers); "linspace0": round(linspace(0, T - 1, steps)), the first step
+        at T - 1 and the last at t = 0, as in the official respacing, so the final jump is from the least noise; or
+        "logsnr": steps uniform in lambda = log(alpha / sigma) from t = T - 1 down to t = 0 (DPM-Solver's
+        "logSNR" steps, diffusers' ``use_lu_lambdas``), each rounded to the nearest timestep and, where two round to
+        the same one near t = 0, moved up to the next free timestep, so there are always ``steps`` distinct steps."""
         if spacing == "official":
             keep = space_timesteps(self.num_timesteps, steps)
         elif spacing in ("linspace", "linspace0"):
@@ -82,8 +105,10 @@ class Schedule:
                 t_max = self.num_timesteps - 1
                 grid = np.linspace(0, t_max, steps) if steps > 1 else np.array([t_max])
             keep = sorted(set(grid.round().astype(int).tolist()))
+        elif spacing == "logsnr":
+            keep = logsnr_timesteps(self.alphas_cumprod, steps)
         else:
-            raise ValueError(f"spacing {spacing!r}: choose official, linspace or linspace0")
+            raise ValueError(f"spacing {spacing!r}: choose official, linspace, linspace0 or logsnr")
         betas, last = [], 1.0
         for i in keep:
             betas.append(1.0 - self.alphas_cumprod[i] / last)

@@ -11,8 +11,12 @@
                      velocity at its end, the average of both; Euler for the last step into t = 0. 2N - 1
                      evaluations for N steps.
 
-VP models (eps, v) use the "linspace" spacing of diffusers' multistep solvers (the first step at t = T - 1), flow
-models their uniform grid. The update rules are this project's code, written from the papers; a test checks the
+VP models (eps, v) take steps uniform in log-SNR from t = T - 1 down to t = 0 (spacing "logsnr", DPM-Solver's own
+choice, diffusers' ``use_lu_lambdas``): the steps crowd where lambda moves fastest, near the clean end, and the last
+evaluation is at t = 0, so the final step to the clean image is negligible. diffusers' default "linspace" spacing
+(last evaluation at t ~ (T - 1)/N, then one jump to the clean image) makes that final jump an error that falls only
+like 1/N, which on this project's CPU-scale models leaves the solvers no better than DDIM at equal steps
+(docs/BENCHMARKS.md, "Fast samplers"). Flow models use their uniform grid. The update rules are this project's code, written from the papers; a test checks the
 DPM-Solver++ steps against diffusers' ``DPMSolverMultistepScheduler`` where diffusers is installed.
 
 Every solver is a step factory like ``ddim_update``: ``step(x, i)`` from step i of the schedule to step i - 1, over a
@@ -30,7 +34,7 @@ from .samplers import ddim_update, streamed_ddim_update
 
 SAMPLERS = ("ddim", "euler", "heun", "dpmpp2m", "dpmpp3m")
 ORDERS = {"dpmpp2m": 2, "dpmpp3m": 3}
-SPACINGS = ("official", "linspace", "linspace0")  # Schedule.respace
+SPACINGS = ("official", "linspace", "linspace0", "logsnr")  # Schedule.respace
 
 
 def supported(sampler: str, objective: str) -> str | None:
@@ -45,8 +49,8 @@ def supported(sampler: str, objective: str) -> str | None:
 
 def spacing(sampler: str) -> str:
     """The timestep spacing a sampler's schedule is respaced with: DDIM keeps the official one (bit-identical to
-    the official sampler), the multistep solvers use diffusers' linspace."""
-    return "linspace" if sampler in ORDERS else "official"
+    the official sampler), the multistep solvers take steps uniform in log-SNR, the last at t = 0."""
+    return "logsnr" if sampler in ORDERS else "official"
 
 
 def _lam(alpha: float, sigma: float) -> float:
