@@ -10,6 +10,11 @@ shows the solvers' accuracy does not depend on it. x_t = sqrt(abar) * 0.3 tanh(n
 the sampler's x_T of images 0 and 1 (eps and v models).
 
     python -m benchmarks.time_smoothness -f run/checkpoints/last.pt --raw --codes 0,5 [--smooth 10]
+
+``--final_jump`` measures instead what a spacing that stops early costs: it runs DDIM over all T timesteps from the
+images' x_T (as test.py draws them) and prints, per t, the RMS distance of the x0 predicted at t along that path
+from the path's end: the error of a sampler whose last evaluation is at t and then jumps to the clean image (the
+final step of diffusers' linspace spacing is from t ~ (T - 1)/N), even with every earlier step exact.
 """
 
 from __future__ import annotations
@@ -66,6 +71,9 @@ def main() -> int:
     ap.add_argument("--times", default="900,500,100")
     ap.add_argument("--raw", action="store_true", help="raw (non-EMA) weights")
     ap.add_argument("--smooth", type=float, default=0.0, help="Gaussian-smooth the time embedding over t (sigma)")
+    ap.add_argument("--final_jump", action="store_true",
+                    help="distance of the x0 predicted at t along the all-timestep DDIM path from its end")
+    ap.add_argument("--jump_times", default="5,10,20,50,100", help="the t of --final_jump")
     args = ap.parse_args()
     b = load(args.full_path, args.raw)
     cfg, net = b.cfg, b.net
@@ -74,10 +82,22 @@ def main() -> int:
     hw = tuple(cfg.sampling.image_size)
     idx = [int(c) for c in args.codes.split(",")]
     den = Denoiser(net, cfg.model.patch_size, cfg.model.collage)
-    abar = schedule_from(cfg.diffusion).alphas_cumprod
+    sched = schedule_from(cfg.diffusion)
+    abar = sched.alphas_cumprod
     with torch.no_grad(), smoothed_time(net, args.smooth, cfg.diffusion.num_timesteps):
         code = net.codes(None, torch.tensor(idx)).float()
         n = torch.stack([noise_of(0, k, cfg.model.code_dim, hw) for k in range(len(idx))])
+        if args.final_jump:
+            want, x, x0_at = {int(s) for s in args.jump_times.split(",")}, n.clone(), {}
+            for i in range(sched.num_timesteps - 1, -1, -1):
+                out = den.eps(x, sched.model_t(i, len(idx), x.device), code)
+                if i in want:
+                    x0_at[i] = sched.to_x0(x, i, out).clamp(-1, 1)
+                x = sched.step(x, i, out, cfg.sampling.clip_x0)
+            for t in sorted(want):
+                d = (x0_at[t] - x.clamp(-1, 1)).pow(2).mean(dim=(1, 2, 3)).sqrt().mean().item()
+                print(f"last evaluation at t={t}: x0 there is {d:.4f} RMS from the end of the path", flush=True)
+            return 0
         for t in (int(s) for s in args.times.split(",")):
             a = abar[t].float()
             x_t = a.sqrt() * 0.3 * torch.tanh(n.roll(1, -1)) + (1 - a).sqrt() * n
