@@ -4,7 +4,7 @@
 # with benchmarks/memory_estimate.py), training throughput/peak. Rows go to $OUT/*.jsonl; the log to
 # $OUT/log.txt.
 # "samplers" (issue 13): s/image of the recommended fast setting (DPM-Solver++(2M), 20 steps) next to DDIM-50 at
-# 512x1024, in one process call each, same settings otherwise.
+# 512x1024, in one process, timed in 3 interleaved rounds (sample_speed --compare; rows carry the ratio).
 # Usage on the GPU machine: OUT=... bash scripts/gpu_issue4.sh [sample|bands|train|samplers|all]
 set -uo pipefail
 what=${1:-all}
@@ -27,11 +27,8 @@ if [ "$what" = sample ] || [ "$what" = all ]; then
     --cfg_scale 0.5 --out "$OUT/sample.jsonl" 2>&1 | log
 fi
 if [ "$what" = samplers ] || [ "$what" = all ]; then
-  for s in "ddim --steps 50" "dpmpp2m --steps 20"; do
-    # shellcheck disable=SC2086
-    python3 -m benchmarks.sample_speed --sizes 512x1024 --batches 1,4 --precision bf16 --sampler $s \
-      --out "$OUT/samplers.jsonl" 2>&1 | log
-  done
+  python3 -m benchmarks.sample_speed --sizes 512x1024 --batches 1,4 --precision bf16 --compare ddim:50,dpmpp2m:20 \
+    --repeats 3 --out "$OUT/samplers.jsonl" 2>&1 | log
 fi
 if [ "$what" = bands ] || [ "$what" = all ]; then
   for b in auto 1 1x32 1x16; do
