@@ -64,7 +64,7 @@ def build_parser():
                     help="guidance w: (1+w) eps_c - w eps_u, 0 = none (default: the checkpoint's sampling.cfg_scale)")
     ap.add_argument("--sampler", default="ddim", choices=list(SAMPLERS),
                     help="ddim (default, the paper's; Euler for flow models, also called euler), dpmpp2m / dpmpp3m "
-                         "(DPM-Solver++ multistep: as close to the ODE in 15-20 steps as DDIM in 50, "
+                         "(DPM-Solver++ multistep: closer to the ODE in 15-20 steps than DDIM in 50, "
                          "docs/BENCHMARKS.md), heun (flow models)")
     ap.add_argument("--steps", type=positive_int, default=None,
                     help="patch sampler steps (default: the checkpoint's sampling.steps, 50 for the paper's presets)")

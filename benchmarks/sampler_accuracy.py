@@ -10,7 +10,8 @@ same x_T per image number, the code of training image codes[k mod n]), so any ro
 Per sampler and step count: network evaluations, mean per-image RMS distance to the reference (pixels in [-1, 1]),
 the seam ratio on the image grid, and the sampling time per image measured here, one configuration after another in
 this process (so the ratios between rows are fair on a shared machine; the absolute times are this machine's).
-Writes OUT.json, OUT.md and OUT.png (the first image: rows = samplers, columns = step counts, reference first).
+Writes OUT.json, OUT.md and OUT.png (the first image: reference first, then per sampler a row over the step counts
+and under it its difference from the reference, amplified by --diff_gain).
 The reference (the slow part: 1000 evaluations per image, ~30 min for 16 images on 2 CPU cores) is kept in
 OUT.ref.pt and reused by the next run with the same checkpoint, codes, seeds and reference steps.
 A sampler may name its timestep spacing, ``dpmpp2m@linspace`` (diffusion/solvers.py, ``spacing``).
@@ -61,6 +62,8 @@ def main() -> int:
     ap.add_argument("--smooth_time", type=float, default=0.0,
                     help="diagnostic: run the samplers (not the reference) with the time embedding Gaussian-smoothed "
                          "over t by this many timesteps (benchmarks.time_smoothness)")
+    ap.add_argument("--diff_gain", type=float, default=20.0,
+                    help="the picture's difference rows show |x - reference| times this")
     ap.add_argument("--batch_size", "-b", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--out", required=True, help="output stem: OUT.json, OUT.md, OUT.png")
@@ -140,11 +143,15 @@ def main() -> int:
                      f"{r['seam']:.3f} | {r['sec_per_image']:.3f} | {ratio} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    # picture: reference, then one row per sampler over the step counts
+    # picture: reference, then per sampler a row over the step counts and under it the row of differences from the
+    # reference, channel-mean |x - ref| x diff_gain on black (pixels in [-1, 1]: |x - ref| = 1/diff_gain is white)
     blank = torch.ones_like(ref[0])
     cells = []
     for si in range(len(samplers)):
-        cells += [ref[0] if si == 0 else blank] + grid[1 + si * len(steps_list):1 + (si + 1) * len(steps_list)]
+        row = grid[1 + si * len(steps_list):1 + (si + 1) * len(steps_list)]
+        cells += [ref[0] if si == 0 else blank] + row
+        cells += [blank] + [((x - ref[0]).abs().mean(0, keepdim=True) * args.diff_gain * 2 - 1).clamp(-1, 1)
+                            .expand_as(x) for x in row]
     save_grid(torch.stack(cells), out.with_suffix(".png"), ncol=1 + len(steps_list))
     return 0
 
