@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diffusion import sample_canvas  # noqa: E402
-from diffusion.solvers import SPACINGS, evaluations, sampling_schedule, supported  # noqa: E402
+from diffusion.schedule import SPACINGS  # noqa: E402
+from diffusion.solvers import evaluations, sampling_schedule, supported  # noqa: E402
 from metrics.seams import seam_ratio  # noqa: E402
 from model import Denoiser  # noqa: E402
 from model.checkpoint import load  # noqa: E402

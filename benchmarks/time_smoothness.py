@@ -50,11 +50,11 @@ def smoothed_time(net, sigma: float, num_timesteps: int = 1000):
         padded = torch.cat([table[1:r + 1].flip(0), table, table[-r - 1:-1].flip(0)])
         table = torch.stack([(padded[i:i + 2 * r + 1] * w[:, None]).sum(0) / w.sum() for i in range(num_timesteps)])
 
-    def forward(self, t, pos, pos_keep=None):
-        p = torch.cat([sinusoid(pos[:, 0], self.pos_in), sinusoid(pos[:, 1], self.pos_in)], dim=1).to(table.dtype)
-        if pos_keep is not None:
-            p = p * pos_keep[:, None].to(p.dtype)
-        return torch.cat([table.to(t.device)[t.long()], self.pos_embed(p)], dim=1)
+    plain = emb.forward
+
+    def forward(self, t, pos, pos_keep=None):  # the plain embedding with its time half (first) from the table
+        out = plain(t, pos, pos_keep)
+        return torch.cat([table.to(out)[t.long()], out[:, table.shape[1]:]], dim=1)
 
     emb.forward = types.MethodType(forward, emb)
     try:

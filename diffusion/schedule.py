@@ -40,11 +40,9 @@ def logsnr_timesteps(alphas_cumprod: torch.Tensor, steps: int) -> list:
     one; a point that lands on a timestep already taken (near t = 0, where lambda falls fastest) moves to the next
     free one above it."""
     num = len(alphas_cumprod)
-    if not 1 <= steps <= num:
-        raise ValueError(f"steps must be in 1..{num}, got {steps}")
     abar = alphas_cumprod.double().numpy()
     lam = 0.5 * (np.log(abar) - np.log1p(-abar))  # decreasing in t
-    grid = np.linspace(lam[0], lam[-1], steps) if steps > 1 else lam[-1:]  # clean end first: ascending t
+    grid = np.linspace(lam[0], lam[-1], steps)  # clean end first: ascending t (one step: set to T - 1 below)
     t = np.interp(-grid, -lam, np.arange(num, dtype=np.float64)).round().astype(int).tolist()
     for j in range(1, steps):  # distinct, ascending
         t[j] = max(t[j], t[j - 1] + 1)
@@ -55,6 +53,7 @@ def logsnr_timesteps(alphas_cumprod: torch.Tensor, steps: int) -> list:
 
 
 PREDICTIONS = ("eps", "v")
+SPACINGS = ("official", "linspace", "linspace0", "logsnr")  # Schedule.respace
 
 
 class Schedule:
@@ -94,21 +93,21 @@ class Schedule:
         "logsnr": steps uniform in lambda = log(alpha / sigma) from t = T - 1 down to t = 0 (DPM-Solver's
         "logSNR" steps, diffusers' ``use_lu_lambdas``), each rounded to the nearest timestep and, where two round to
         the same one near t = 0, moved up to the next free timestep, so there are always ``steps`` distinct steps."""
+        if spacing not in SPACINGS:
+            raise ValueError(f"spacing {spacing!r}: choose one of {', '.join(SPACINGS)}")
+        if spacing != "official" and not 1 <= steps <= self.num_timesteps:
+            raise ValueError(f"steps must be in 1..{self.num_timesteps}, got {steps}")
         if spacing == "official":
             keep = space_timesteps(self.num_timesteps, steps)
         elif spacing in ("linspace", "linspace0"):
-            if not 1 <= steps <= self.num_timesteps:
-                raise ValueError(f"steps must be in 1..{self.num_timesteps}, got {steps}")
             if spacing == "linspace":
                 grid = np.linspace(0, self.num_timesteps - 1, steps + 1)[1:]
             else:
                 t_max = self.num_timesteps - 1
                 grid = np.linspace(0, t_max, steps) if steps > 1 else np.array([t_max])
             keep = sorted(set(grid.round().astype(int).tolist()))
-        elif spacing == "logsnr":
-            keep = logsnr_timesteps(self.alphas_cumprod, steps)
         else:
-            raise ValueError(f"spacing {spacing!r}: choose official, linspace, linspace0 or logsnr")
+            keep = logsnr_timesteps(self.alphas_cumprod, steps)
         betas, last = [], 1.0
         for i in keep:
             betas.append(1.0 - self.alphas_cumprod[i] / last)

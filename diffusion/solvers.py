@@ -16,8 +16,9 @@ choice, diffusers' ``use_lu_lambdas``): the steps crowd where lambda moves faste
 evaluation is at t = 0, so the final step to the clean image is negligible. diffusers' default "linspace" spacing
 (last evaluation at t ~ (T - 1)/N, then one jump to the clean image) makes that final jump an error that falls only
 like 1/N, which on this project's CPU-scale models leaves the solvers no better than DDIM at equal steps
-(docs/BENCHMARKS.md, "Fast samplers"). Flow models use their uniform grid. The update rules are this project's code, written from the papers; a test checks the
-DPM-Solver++ steps against diffusers' ``DPMSolverMultistepScheduler`` where diffusers is installed.
+(docs/BENCHMARKS.md, "Fast samplers"). Flow models use their uniform grid. The update rules are this project's
+code, written from the papers; a test checks the DPM-Solver++ steps against diffusers' ``DPMSolverMultistepScheduler``
+where diffusers is installed.
 
 Every solver is a step factory like ``ddim_update``: ``step(x, i)`` from step i of the schedule to step i - 1, over a
 whole-canvas model or (``streamed``) a band model that yields (pixel rows, output) in reading order; the multistep
@@ -34,7 +35,6 @@ from .samplers import ddim_update, streamed_ddim_update
 
 SAMPLERS = ("ddim", "euler", "heun", "dpmpp2m", "dpmpp3m")
 ORDERS = {"dpmpp2m": 2, "dpmpp3m": 3}
-SPACINGS = ("official", "linspace", "linspace0", "logsnr")  # Schedule.respace
 
 
 def supported(sampler: str, objective: str) -> str | None:
@@ -203,7 +203,8 @@ def make_update(sampler: str, model_fn=None, bands_fn=None, sched=None, clip_x0:
 
 def sampling_schedule(diffusion_cfg, sampler: str, steps: int, timestep_spacing: str | None = None):
     """The respaced process a sampler runs on: the model's objective (``schedule_from``) over ``steps`` steps with
-    the sampler's spacing (or ``timestep_spacing``, one of SPACINGS; a flow model has only its uniform grid)."""
+    the sampler's spacing (or ``timestep_spacing``, one of schedule.SPACINGS; a flow model has only
+    its uniform grid)."""
     from .schedule import schedule_from
     return schedule_from(diffusion_cfg).respace(steps, timestep_spacing or spacing(sampler))
 
