@@ -14,15 +14,14 @@ from pathlib import Path
 
 import lmdb
 import numpy as np
-import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
-from model.collage import window_bounds
 from runtime.errors import UserError
+from runtime.images import region_bounds, to_rgb, to_unit_tensor
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 RAW_MAGIC = b"PDMRAW1\0"  # img2lmdb.py --format raw: magic, uint32 height, uint32 width, then H*W*3 RGB bytes
@@ -40,23 +39,6 @@ def raw_array(data) -> np.ndarray | None:
         return None
     h, w = np.frombuffer(data, dtype="<u4", count=2, offset=8)
     return np.frombuffer(data, dtype=np.uint8, count=int(h) * int(w) * 3, offset=16).reshape(int(h), int(w), 3)
-
-
-def to_unit_tensor(a: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, H, W) in [-1, 1], the same float32 operations as ToTensor + Normalize(0.5, 0.5)."""
-    return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div(255).sub(0.5).div(0.5)
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB. 16/32-bit integer modes are scaled (not clipped); alpha is dropped."""
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-        a = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    elif img.mode == "F":
-        a = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    return img.convert("RGB")
 
 
 class DataError(UserError):
@@ -200,12 +182,13 @@ class ImageDataset(Dataset):
         return np.asarray(self.geometry(self.load(index)))
 
     def __getitem__(self, item):
-        """item = index -> (image (3, H, W), index); item = (index, window, p) -> (the 2p x 2p window of the
-        half-patch-padded image (3, 2p, 2p), zero on the padding, index): training only reads the window."""
+        """item = index -> (image (3, H, W), index); item = (index, (top, left, height, width)) -> (that region of
+        the training image (3, height, width), zero where it reaches past the border, index): training then reads
+        only the region (e.g. Patch-DM's window of the half-patch-padded image)."""
         if isinstance(item, (tuple, list)):
-            index, window, p = item
+            index, region = item
             a = self._array(index)
-            rows, cols, pad = window_bounds(*a.shape[:2], window, p)  # only the window's pixels are converted
+            rows, cols, pad = region_bounds(*a.shape[:2], *region)  # only the region's pixels are converted
             return F.pad(to_unit_tensor(a[rows, cols]), pad), index
         return to_unit_tensor(self._array(item)), item
 

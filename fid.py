@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from configs import get_preset
+from configs import get_preset, preset_help
 from dataset import DataError
 from metrics.fid import (FIDError, activations, find_weights, frechet_distance, load_inception, load_stats, save_stats,
                          sha256, statistics)
 from metrics.images import open_images
-from runtime.cli import ArgumentParser, positive_int, preset_help
+from runtime.cli import ArgumentParser, positive_int
 from runtime.device import pick_device
 from runtime.errors import CLIError, run_cli
 from runtime.files import atomic_write_text, check_new_file

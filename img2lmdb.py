@@ -28,10 +28,12 @@ import lmdb
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from dataset import IMAGE_EXTS, encode_raw, geometric_transform, to_rgb
-from runtime.cli import ArgumentParser, bounded, positive_int, preset_help
-from runtime.errors import CLIError, children_ignore_sigint, run_cli
-from runtime.files import make_parents, remove_empty
+from configs import preset_help
+from dataset import IMAGE_EXTS, encode_raw, geometric_transform
+from runtime.images import to_rgb
+from runtime.cli import ArgumentParser, bounded, positive_int
+from runtime.errors import CLIError, WriteError, children_ignore_sigint, run_cli
+from runtime.files import make_parents, remove_empty, write_failed
 
 MAP_SIZE = 1 << 40  # Faithful: 1 TiB address space (sparse on disk), as the official script
 LMDB_FILES = ("data.mdb", "lock.mdb", "skipped.txt")  # all that LMDB and this script write in an output folder
@@ -190,7 +192,11 @@ def main(argv=None) -> int:
     jobs = [(str(p), geometry, args.quality, args.format) for p in images]
 
     created = make_parents(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as e:
+        remove_empty(created)
+        raise write_failed(out, e) from None
     try:
         n, skipped = pack(jobs, tmp, root, args.num_workers)
         skipped = [(p, "not an image file (extension)") for p in others] + skipped
@@ -204,6 +210,12 @@ def main(argv=None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
         remove_empty(created)
         raise KeyboardInterrupt(f"nothing written, {out} " + ("unchanged" if replace else "not created")) from None
+    except (lmdb.Error, OSError) as e:  # a full disk: LMDB reports it as an I/O error of its own
+        shutil.rmtree(tmp, ignore_errors=True)
+        remove_empty(created)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise WriteError(f"cannot write the LMDB {out}: {reason} (is the disk full?); nothing written, {out} "
+                         + ("unchanged" if replace else "not created")) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         remove_empty(created)

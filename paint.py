@@ -25,13 +25,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from diffusion import ddim_sample_latent, latent_schedule_from, sample_canvas, schedule_from, space_timesteps
-from diffusion.solvers import SAMPLERS, supported
-from model import Denoiser
-from model.checkpoint import load
-from model.collage import WRAPS
-from model.fit_code import fit_code
-from runtime.cli import ArgumentParser, parse_bands, parse_hw, positive_int
+from diffusion import ONE_STEP, SAMPLERS
+from model import load
+from model.patchdm import CanvasOptions, Denoiser
+from model.patchdm.cli import check_sampler, parse_bands
+from model.patchdm.fit_code import FitOptions, fit_code
+from model.patchdm.grid import WRAPS
+from model.patchdm.sampling import bundle_codes, image_process, sample_canvas
+from runtime.cli import ArgumentParser, parse_hw, positive_int
 from runtime.device import autocast, check_precision, pick_device, sampling_precision
 from runtime.errors import CLIError, run_cli
 from runtime.files import check_new_file, make_parents, save_png
@@ -58,9 +59,10 @@ def build_parser():
     ap.add_argument("--fit_lr", type=float, default=1e-2, help="Adam learning rate of --code fit")
     ap.add_argument("--resample", type=positive_int, default=5,
                     help="RePaint resampling per step (1 = replacement only)")
-    ap.add_argument("--sampler", default="ddim", choices=list(SAMPLERS),
-                    help="ddim only (Euler for flow models, also called euler): replacement and RePaint impose the "
-                         "known pixels at every step, which a multistep solver's history cannot follow")
+    ap.add_argument("--sampler", default=None, choices=list(SAMPLERS),
+                    help="ddim (eps and v models) or euler (flow models; ddim is accepted as its old name) only: "
+                         "replacement and RePaint impose the known pixels at every step, which a multistep solver's "
+                         "history cannot follow")
     ap.add_argument("--steps", type=positive_int, default=None,
                     help="DDIM steps (default: the checkpoint's sampling.steps, 50 for the paper's presets)")
     ap.add_argument("--cfg_scale", type=float, default=None, help="guidance w (default: the checkpoint's)")
@@ -118,8 +120,9 @@ def outpaint_canvas(image, canvas_hw, place, p):
     return x, m, (0, 0, H, W)
 
 
-def choose_code(args, net, cfg, latent, z_mean, z_std, x, m, device, k: int):
+def choose_code(args, bundle, x, m, device, k: int):
     """The semantic code (1, D) of result k, as --code asks."""
+    net, cfg = bundle.net, bundle.cfg
     kind = args.code
     if kind == "auto":
         kind = {"table": "fit", "encoder": "encoder", "none": "none"}[cfg.model.code_source]
@@ -136,13 +139,11 @@ def choose_code(args, net, cfg, latent, z_mean, z_std, x, m, device, k: int):
             raise CLIError(f"--code {kind}: the table has {net.code_source.weight.shape[0]} rows")
         return net.code_source.weight[i:i + 1].detach()
     if kind == "latent":
-        if latent is None:
+        if bundle.latent is None:
             raise CLIError("--code latent needs a checkpoint with a latent model (from train_latent.py)")
         g = rng(args.seed, "latent", k)
-        code = ddim_sample_latent(latent, torch.randn(1, cfg.model.code_dim, generator=g).to(device),
-                                  schedule=latent_schedule_from(cfg.latent),
-                                  steps=cfg.sampling.latent_steps)
-        return code if z_mean is None else code * z_std.to(device) + z_mean.to(device)
+        return bundle_codes(bundle, torch.randn(1, cfg.model.code_dim, generator=g).to(device),
+                            cfg.sampling.latent_steps)
     if kind == "encoder":
         if not net.needs_image:
             raise CLIError("--code encoder needs a model trained with the image encoder (--semantic_enc)")
@@ -155,8 +156,7 @@ def choose_code(args, net, cfg, latent, z_mean, z_std, x, m, device, k: int):
         if net.uses_table:
             init = net.code_source.weight.detach().mean(dim=0, keepdim=True)
         elif net.needs_image:
-            init = choose_code(argparse.Namespace(**{**vars(args), "code": "encoder"}), net, cfg, latent, z_mean,
-                               z_std, x, m, device, k)
+            init = choose_code(argparse.Namespace(**{**vars(args), "code": "encoder"}), bundle, x, m, device, k)
         else:
             init = torch.zeros(1, cfg.model.code_dim, device=device)
         bar = tqdm(total=args.fit_steps, desc="fit code", leave=False, dynamic_ncols=True)
@@ -166,9 +166,9 @@ def choose_code(args, net, cfg, latent, z_mean, z_std, x, m, device, k: int):
             bar.set_postfix(loss=f"{loss:.4f}")
 
         try:
-            code = fit_code(net, x, m, cfg.model.patch_size, init.to(device), schedule_from(cfg.diffusion),
-                            steps=args.fit_steps, lr=args.fit_lr,
-                            seed=args.seed + k, collage=cfg.model.collage, progress=progress)
+            code = fit_code(Denoiser(net, cfg.model.patch_size, cfg.model.collage), x, m, init.to(device),
+                            image_process(cfg.diffusion), FitOptions(args.fit_steps, args.fit_lr, seed=args.seed + k),
+                            progress)
         except ValueError as e:
             raise CLIError(str(e)) from None
         bar.close()
@@ -183,7 +183,7 @@ def output_paths(out: Path, num: int) -> list:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.sampler not in ("ddim", "euler"):
+    if args.sampler is not None and args.sampler not in ONE_STEP:
         raise CLIError(f"--sampler {args.sampler}: paint.py needs a one-step sampler (ddim; euler for flow models): "
                        "replacement and RePaint re-impose the known pixels at every step, which a multistep "
                        "solver's history cannot follow")
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
         check_new_file(path, args.overwrite)
     device = pick_device(args.device)
     b = load(args.full_path, args.raw)
-    net, cfg, latent, z_mean, z_std = b.net, b.cfg, b.latent, b.z_mean, b.z_std
+    net, cfg = b.net, b.cfg
     p = cfg.model.patch_size
     image = read_image(args.image)
     if args.mode == "inpaint":
@@ -206,27 +206,21 @@ def main(argv=None) -> int:
     if m.min() == 1:
         raise CLIError("nothing to generate: the mask keeps every pixel")
     steps = args.steps if args.steps is not None else cfg.sampling.steps
-    why = supported(args.sampler, cfg.diffusion.objective)
-    if why:
-        raise CLIError(why)
-    try:
-        if cfg.diffusion.objective != "flow":  # a flow model takes any number of steps
-            space_timesteps(cfg.diffusion.num_timesteps, steps)
-    except ValueError as e:
-        raise CLIError(f"{e} (try 10, 20, 25, 50, 100, ...)") from None
+    sampler = check_sampler(args.sampler, cfg.diffusion.objective, steps, cfg.diffusion.num_timesteps)
     precision = check_precision(args.precision or sampling_precision(device), device)
     w = cfg.sampling.cfg_scale if args.cfg_scale is None else args.cfg_scale
     band_rows, band_cols = parse_bands(args.bands, 2 if w else 1, x.shape[-2:], p)
-    net, x, m = net.to(device), x.to(device), m.to(device)
-    latent = latent.to(device) if latent is not None else None
-    den, sched = Denoiser(net, p, cfg.model.collage), schedule_from(cfg.diffusion).respace(steps)
+    b.net, x, m = net.to(device), x.to(device), m.to(device)
+    if b.latent is not None:
+        b.latent = b.latent.to(device)
+    den, process = Denoiser(b.net, p, cfg.model.collage), image_process(cfg.diffusion).respace(steps)
     for k, path in enumerate(paths):
-        code = choose_code(args, net, cfg, latent, z_mean, z_std, x, m, device, k)
+        code = choose_code(args, b, x, m, device, k)
         x_T = torch.randn(x.shape, generator=rng(args.seed, "image", k)).to(device)
+        opts = CanvasOptions(w, band_rows, band_cols, args.wrap, args.seed + k, cfg.sampling.clip_x0, in_place=True)
         with torch.no_grad(), autocast(device, precision):
-            img = sample_canvas(den, x_T, code, sched, w, band_rows, band_cols, args.wrap, args.seed + k,
-                                cfg.sampling.clip_x0, progress=True, in_place=True, known=(x, m),
-                                resample=args.resample)
+            img = sample_canvas(den, x_T, code, process, sampler, opts, known=(x, m), resample=args.resample,
+                                progress=True)
         top, left, h, wd = box
         make_parents(path)  # only once there is a result: a refused code or a failed sample leaves nothing
         save_png(img[0, :, top:top + h, left:left + wd], path)

@@ -14,10 +14,10 @@ import sys
 
 from tqdm import tqdm
 
-from configs import get_preset
+from configs import get_preset, preset_help
 from metrics.images import open_images
 from metrics.seams import seam_stats
-from runtime.cli import ArgumentParser, bounded, positive_int, preset_help
+from runtime.cli import ArgumentParser, bounded, positive_int
 from runtime.errors import CLIError, run_cli
 from runtime.files import atomic_write_text, check_new_file
 

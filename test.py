@@ -30,18 +30,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from diffusion import ddim_sample_latent, latent_schedule_from, sample_canvas, space_timesteps
-from diffusion.solvers import SAMPLERS, evaluations, sampling_schedule, spacing, supported
-from model import Denoiser
-from model.checkpoint import load
-from model.collage import WRAPS
-from runtime.cli import ArgumentParser, check_divisible, parse_bands, parse_hw, positive_int
+from diffusion import SAMPLERS, evaluations
+from model import load
+from model.patchdm import CanvasOptions, Denoiser
+from model.patchdm.cli import check_sampler, parse_bands
+from model.patchdm.fast import COMPILE_MODES, COMPILE_SCOPES, cast_weights, speed_up
+from model.patchdm.grid import WRAPS
+from model.patchdm.sampling import bundle_codes, per_image_noise, sample_canvas, sampling_process
+from runtime import dist as D
+from runtime.cli import ArgumentParser, check_divisible, parse_hw, positive_int
 from runtime.device import autocast, check_precision, device_type, pick_device, sampling_precision
 from runtime.errors import CLIError, run_cli
-from runtime.fast import COMPILE_MODES, COMPILE_SCOPES, cast_weights, speed_up
 from runtime.files import make_parents, remove_empty, save_png
-from runtime import dist as D
-from runtime.rng import rng
 
 
 def build_parser():
@@ -62,10 +62,10 @@ def build_parser():
     ap.add_argument("--seed", type=int, default=0, help="image k uses the seed (seed, k)")
     ap.add_argument("--cfg_scale", type=float, default=None,
                     help="guidance w: (1+w) eps_c - w eps_u, 0 = none (default: the checkpoint's sampling.cfg_scale)")
-    ap.add_argument("--sampler", default="ddim", choices=list(SAMPLERS),
-                    help="ddim (default, the paper's; Euler for flow models, also called euler), dpmpp2m / dpmpp3m "
-                         "(DPM-Solver++ multistep: closer to the ODE in 15-20 steps than DDIM in 50, "
-                         "docs/BENCHMARKS.md), heun (flow models)")
+    ap.add_argument("--sampler", default=None, choices=list(SAMPLERS),
+                    help="ddim (default for eps and v models, the paper's), euler (default for flow models; ddim is "
+                         "accepted as its old name), dpmpp2m / dpmpp3m (DPM-Solver++ multistep: closer to the ODE in "
+                         "15-20 steps than DDIM in 50, docs/BENCHMARKS.md), heun (flow models)")
     ap.add_argument("--steps", type=positive_int, default=None,
                     help="patch sampler steps (default: the checkpoint's sampling.steps, 50 for the paper's presets)")
     ap.add_argument("--latent_sampler", default="ddim", choices=["ddim", "dpmpp2m", "dpmpp3m"],
@@ -148,12 +148,6 @@ def given_codes(spec: str, net, cfg) -> torch.Tensor:
         return net.codes(x, None).float()
 
 
-def per_image_noise(seed: int, k: int, code_dim: int, hw: tuple):
-    """z_T (code_dim,) and x_T (3, H, W) of image k, from its own generator (independent of the batch)."""
-    g = rng(seed, "image", k)
-    return torch.randn(code_dim, generator=g), torch.randn(3, *hw, generator=g)
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     d = D.init_dist(device_type(args.device))
@@ -172,7 +166,7 @@ def generate(args, d: D.Dist) -> None:
     todo = output_plan(out, img_num, args.skip_existing, args.overwrite)[d.rank::d.world]
     D.barrier(d)  # every rank has read the folder before any writes to it
     bundle = load_full(args.full_path, args.raw, args.codes is not None)
-    cfg, unet, latent, z_mean, z_std = bundle.cfg, bundle.net, bundle.latent, bundle.z_mean, bundle.z_std
+    cfg, unet, latent = bundle.cfg, bundle.net, bundle.latent
     fixed = given_codes(args.codes, unet, cfg) if args.codes is not None else None
     p = cfg.model.patch_size
     if args.patch_size and args.patch_size != p:
@@ -183,24 +177,12 @@ def generate(args, d: D.Dist) -> None:
     steps = args.steps if args.steps is not None else cfg.sampling.steps
     latent_steps = args.latent_steps if args.latent_steps is not None else cfg.sampling.latent_steps
     w = cfg.sampling.cfg_scale if args.cfg_scale is None else args.cfg_scale
-    why = supported(args.sampler, cfg.diffusion.objective)
-    if why:
-        raise CLIError(why)
-    for n, T, sampler, flow in ((steps, cfg.diffusion.num_timesteps, args.sampler, cfg.diffusion.objective == "flow"),
-                                (latent_steps, cfg.latent.num_timesteps, args.latent_sampler, False)):
-        if flow:
-            continue  # a flow model takes any number of steps
-        if spacing(sampler) == "official":
-            try:
-                space_timesteps(T, n)
-            except ValueError as e:
-                raise CLIError(f"{e} (try 10, 20, 25, 50, 100, ...)") from None
-        elif not 1 <= n <= T:
-            raise CLIError(f"{sampler} needs 1..{T} steps, got {n}")
+    sampler = check_sampler(args.sampler, cfg.diffusion.objective, steps, cfg.diffusion.num_timesteps)
+    check_sampler(args.latent_sampler, cfg.latent.objective, latent_steps, cfg.latent.num_timesteps)
     band_rows, band_cols = parse_bands(args.bands, args.batch_size * (2 if w else 1), hw, p)
     if d.main:
-        name = {"ddim": "Euler" if cfg.diffusion.objective == "flow" else "DDIM"}.get(args.sampler, args.sampler)
-        nfe = evaluations(args.sampler, steps)
+        name = {"ddim": "DDIM", "euler": "Euler"}.get(sampler, sampler)
+        nfe = evaluations(sampler, steps)
         print(f"{hw[0]}x{hw[1]} images, {cfg.diffusion.objective} model, {steps} {name} steps"
               + (f" ({nfe} evaluations)" if nfe != steps else "")
               + (f" after {latent_steps} latent steps" if latent is not None and fixed is None else "")
@@ -208,9 +190,10 @@ def generate(args, d: D.Dist) -> None:
               + f", guidance {w}, {precision}, {'raw' if args.raw else 'EMA'} weights")
     # cast_weights: the same function in less memory
     unet = speed_up(cast_weights(unet.to(device), precision), args.compile, scope=args.compile_scope)
-    latent = latent.to(device) if latent is not None else None
-    den, sched = Denoiser(unet, p, cfg.model.collage), sampling_schedule(cfg.diffusion, args.sampler, steps)
-    lat_sched = latent_schedule_from(cfg.latent)
+    if latent is not None:
+        bundle.latent = latent = latent.to(device)
+    den, process = Denoiser(unet, p, cfg.model.collage), sampling_process(cfg.diffusion, sampler, steps)
+    opts = CanvasOptions(w, band_rows, band_cols, args.wrap, args.seed, cfg.sampling.clip_x0, in_place=True)
     created = make_parents(out / "0.png")
     done = 0
     bar = tqdm(total=len(todo), desc="generate", unit="img", dynamic_ncols=True, disable=not d.main)
@@ -223,13 +206,9 @@ def generate(args, d: D.Dist) -> None:
             elif latent is None:  # the no-code ablation: the zero code
                 code = torch.zeros(len(ks), cfg.model.code_dim, device=device)
             else:
-                code = ddim_sample_latent(latent, torch.stack(z_T).to(device), latent_steps, lat_sched,
-                                          sampler=args.latent_sampler)
-                if z_mean is not None:
-                    code = code * z_std.to(device) + z_mean.to(device)
+                code = bundle_codes(bundle, torch.stack(z_T).to(device), latent_steps, args.latent_sampler)
             with autocast(device, precision):
-                img = sample_canvas(den, torch.stack(x_T).to(device), code, sched, w, band_rows, band_cols,
-                                    args.wrap, args.seed, cfg.sampling.clip_x0, in_place=True, sampler=args.sampler)
+                img = sample_canvas(den, torch.stack(x_T).to(device), code, process, sampler, opts)
             for k, x in zip(ks, img):
                 save_png(x, out / f"{k}.png")
             done += len(ks)

@@ -14,15 +14,16 @@ import json
 import sys
 from pathlib import Path
 
-from configs import assign, from_dict, get_preset, override, set_patch_size, to_dict, validate
 from configs import COLLAGES, OBJECTIVES
-from model import read_checkpoint
-from model.checkpoint import TRAIN_FORMAT
+from configs import assign, from_dict, get_preset, override, preset_help, set_patch_size, to_dict, validate
+from model import read
+from model.patchdm.checkpoint import DENOISER
+from model.patchdm.training import DenoiserTask
 from runtime import dist as D
-from runtime.cli import ArgumentParser, check_divisible, nonnegative_int, positive_int, preset_help
+from runtime.cli import ArgumentParser, check_divisible, nonnegative_int, positive_int
 from runtime.device import check_precision, device_type, pick_device
 from runtime.errors import CLIError, run_cli
-from training.patchdm import Trainer
+from training.loop import Trainer
 from training.resume import compatible_or_raise
 
 # Settings a resumed run may change without --allow_change: how long and how it runs, not what it computes.
@@ -136,18 +137,20 @@ def main(argv=None) -> int:
         device = pick_device(args.device, d.local_rank)
         run = Path(args.runs_dir) / args.name
         ckpt_path = run / "checkpoints" / "last.pt"
-        resume = read_checkpoint(ckpt_path) if ckpt_path.exists() else None
-        if resume is not None and not (isinstance(resume, dict) and resume.get("format") == TRAIN_FORMAT):
-            raise CLIError(f"{ckpt_path} is not a {TRAIN_FORMAT} checkpoint of this project; use another --name")
+        resume = read(ckpt_path) if ckpt_path.exists() else None
+        if resume is not None and (resume["training"] or {}).get("network") != DENOISER:
+            raise CLIError(f"{ckpt_path} is not a train.py checkpoint that can be resumed (it holds no training state "
+                           "of a Patch-DM denoiser); use another --name")
         cfg = resolve_config(args, device.type, from_dict(resume["config"]) if resume is not None else None)
         if resume is not None:
             allowed = [f.strip() for f in args.allow_change.split(",") if f.strip()]
-            compatible_or_raise(resume, cfg, TRAIN_FORMAT, ckpt_path, FREE_ON_RESUME, allowed)
+            compatible_or_raise(resume, cfg, ckpt_path, FREE_ON_RESUME, allowed)
         if args.dry_run:
             print(json.dumps(to_dict(cfg), indent=2))
             return 0
         check_precision(cfg.training.precision, device)
-        step = Trainer(cfg, run, d, device, resume, args.log_every, args.allow_upscale).run_loop()
+        task = DenoiserTask(cfg, run, d, device, resume, args.allow_upscale)
+        step = Trainer(task, task.settings(args.log_every), run, device, d, resume).run_loop()
         if d.main:
             print(f"done: step {step}, checkpoint {ckpt_path}")
     finally:

@@ -14,13 +14,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from configs import assign, from_dict, override, to_dict, validate
+from configs import assign, from_dict, override, validate
 from dataset import build_dataset
-from model.checkpoint import FULL_FORMAT, TRAIN_FORMAT, bundle_of, patch_weights, read_project_checkpoint
+from model import bundle_of, read
+from model.patchdm.checkpoint import CODE_DDPM, DENOISER
+from model.patchdm.training import CodeTask, encoder_codes
 from runtime.cli import ArgumentParser, positive_int
 from runtime.device import check_precision, pick_device
 from runtime.errors import CLIError, run_cli
-from training.latent import encoder_codes, train_latent
+from training.loop import Trainer
 from training.resume import compatible_or_raise
 
 # Settings a resumed latent run may change without --allow_change (how long it runs; the Patch-DM run's own
@@ -63,16 +65,17 @@ def build_parser():
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     device = pick_device(args.device)
-    ck = read_project_checkpoint(args.model_path)
-    if ck["format"] != TRAIN_FORMAT:
+    ck = read(args.model_path)
+    if CODE_DDPM in ck["networks"]:
         raise CLIError(f"{args.model_path} is a latent (full) checkpoint; pass the Patch-DM checkpoint from train.py")
     bundle = bundle_of(ck, args.model_path, raw=args.weights == "raw")
     net, cfg = bundle.net, bundle.cfg
     run = Path(args.runs_dir) / args.name
     ckpt_path = run / "checkpoints" / "last.pt"
-    old = read_project_checkpoint(ckpt_path) if ckpt_path.exists() else None
-    if old is not None and old["format"] != FULL_FORMAT:
-        raise CLIError(f"{ckpt_path} is not a {FULL_FORMAT} checkpoint of this project; use another --name")
+    old = read(ckpt_path) if ckpt_path.exists() else None
+    if old is not None and (old["training"] or {}).get("network") != CODE_DDPM:
+        raise CLIError(f"{ckpt_path} is not a train_latent.py checkpoint that can be resumed (it holds no training "
+                       "state of a code DDPM); use another --name")
     saved = from_dict(old["config"]) if old is not None else None
     if saved is not None:
         cfg.latent = saved.latent  # a resumed run keeps its own latent settings; flags and --set below change them
@@ -101,18 +104,15 @@ def main(argv=None) -> int:
     wanted = cfg.latent.batch_size
     cfg.latent.batch_size = min(wanted, n_codes)
     if old is not None:
-        compatible_or_raise(old, cfg, FULL_FORMAT, ckpt_path, FREE_ON_RESUME,
+        compatible_or_raise(old, cfg, ckpt_path, FREE_ON_RESUME,
                             [f.strip() for f in args.allow_change.split(",") if f.strip()])
     codes = net.code_source.weight.detach().float().cpu() if data is None else \
         encoder_codes(net, data, cfg.data.num_workers, device)
     if cfg.latent.batch_size < wanted:
         print(f"note: the table has {len(codes)} codes, so the batch is {cfg.latent.batch_size} instead of {wanted}")
-    full = {"format": FULL_FORMAT, "config": to_dict(cfg), "patch_model": net.state_dict(),
-            "patch_source": str(args.model_path), "patch_weights": args.weights, "patch_step": bundle.step}
-    if args.weights == "ema" and (not ck.get("official") or ck.get("has_raw")):
-        full["patch_model_raw"] = patch_weights(ck, True, args.model_path)[0]  # for test.py --raw
+    task = CodeTask(codes, cfg, run, device, ck["networks"][DENOISER], args.weights, str(args.model_path))
     del ck
-    step = train_latent(codes, cfg, run, device, full, old, args.log_every)
+    step = Trainer(task, task.settings(args.log_every), run, device, resume=old).run_loop()
     print(f"done: step {step}, full checkpoint {ckpt_path} (use it with test.py --full_path)")
     return 0
 

@@ -18,8 +18,8 @@ import time
 import torch
 
 from configs import get_preset
-from diffusion import ddim_sample_canvas, patch_loss_terms
-from model import build_unet
+from model.patchdm.api import ddim_sample_canvas, patch_loss_terms
+from model.patchdm import build_unet
 
 
 def best_of(fn, reps: int) -> float:

@@ -18,7 +18,8 @@ from benchmarks.common import emit, environment
 from configs import get_preset
 from dataset import build_dataset
 from runtime.data import StepBatchSampler, make_loader
-from training.draws import window_at
+from model.patchdm.grid import window_region
+from model.patchdm.training import window_at
 
 
 def main(argv=None) -> int:
@@ -46,8 +47,9 @@ def main(argv=None) -> int:
         args.data, args.preset, args.batch, args.workers, args.batches = tmp, "tiny", 4, 0, 4
     cfg = get_preset(args.preset)
     data = build_dataset(args.data, cfg.data)
-    window = None if args.full else (lambda s: window_at(cfg, s))
-    sampler = StepBatchSampler(len(data), args.batch, window_of=window, patch_size=cfg.model.patch_size)
+    p = cfg.model.patch_size
+    region = None if args.full else (lambda s: window_region(window_at(cfg, s), p))
+    sampler = StepBatchSampler(len(data), args.batch, region_of=region)
     loader = iter(make_loader(data, sampler, args.workers, args.pin))
     for _ in range(3):
         next(loader)

@@ -27,12 +27,14 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from benchmarks.common import emit
 from configs import get_preset
-from diffusion import ddim_sample_canvas, default_schedule, sample_canvas
-from diffusion.solvers import sampling_schedule
-from model import Denoiser, build_patchdm, build_unet
+from model.patchdm.api import ddim_sample_canvas
+from diffusion import make_process
+from model.patchdm.sampling import sample_canvas, sampling_process
+from model.patchdm import CanvasOptions, Denoiser, build_patchdm, build_unet
 from runtime.device import DTYPES
-from runtime.cli import parse_bands, parse_hw
-from runtime.fast import cast_weights, set_checkpointing
+from model.patchdm.cli import parse_bands
+from runtime.cli import parse_hw
+from model.patchdm.fast import cast_weights, set_checkpointing
 
 BLOCK = 512  # bytes: the CUDA caching allocator rounds every allocation up to this
 
@@ -74,7 +76,7 @@ def fake_mode():
     corrupts the heap at exit with torch 2.14), admitting real CPU tensors such as the cached diffusion schedule,
     which is built here from real tensors first."""
     from torch._subclasses.fake_tensor import FakeTensorMode
-    default_schedule()
+    make_process()
     return FakeTensorMode(allow_non_fake_inputs=True)
 
 
@@ -113,7 +115,7 @@ def sampling_peak(preset: str, hw: tuple, batch: int, precision: str = "bf16", b
     br, bc = parse_bands(bands, batch * (2 if cfg_scale else 1), hw, p)
     sched = None
     if sampler != "ddim":  # built here, from real numbers, with its step constants read before the fake tensors
-        sched = sampling_schedule(cfg.diffusion, sampler, max(steps, 3))
+        sched = sampling_process(cfg.diffusion, sampler, max(steps, 3))
         sched.alpha_sigma(0)
     with fake_mode(), torch.no_grad():
         with torch.device("cuda"):
@@ -126,8 +128,8 @@ def sampling_peak(preset: str, hw: tuple, batch: int, precision: str = "bf16", b
                 ddim_sample_canvas(unet, x_T, code, steps=steps, patch_size=p, cfg_scale=cfg_scale, band_rows=br,
                                    band_cols=bc, in_place=True)
             else:
-                sample_canvas(Denoiser(unet, p), x_T, code, sched, cfg_scale, br, bc, in_place=True,
-                              sampler=sampler)
+                sample_canvas(Denoiser(unet, p), x_T, code, sched, sampler,
+                              CanvasOptions(cfg_scale, br, bc, in_place=True))
     return live.peak
 
 
@@ -143,7 +145,8 @@ def training_peak(preset: str, batch: int, precision: str = "bf16", checkpointin
     read low. At batch 96 in bf16 (nature) it reads 48.7 GiB against 48.8 GiB measured on an H100."""
     from training.ema import EMA
     from training.loop import optimizer_step
-    from training.patchdm import LossStep
+    from training.meter import total
+    from model.patchdm.training import LossStep
     cfg = get_preset(preset)
     tc, p, (h, w) = cfg.training, cfg.model.patch_size, cfg.data.image_size
     with fake_mode(), warnings.catch_warnings():
@@ -163,9 +166,9 @@ def training_peak(preset: str, batch: int, precision: str = "bf16", checkpointin
                 t = torch.randint(0, cfg.diffusion.num_timesteps, (batch,))
                 noise = torch.randn(batch, 3, 2 * p, 2 * p)
                 with fake_autocast("cpu", precision):
-                    shift, noshift = step_fn(x0, index, t, noise, (0, 0))  # memory is the same at any window
+                    terms = step_fn(x0, index, t, noise, (0, 0))  # memory is the same at any window
                 # the trainer's step
-                optimizer_step(net.parameters(), opt, scaler, shift.mean() + noshift.mean(), tc.grad_clip)
+                optimizer_step(net.parameters(), opt, scaler, total(terms), tc.grad_clip)
                 ema.update(net)
     return live.peak
 
@@ -178,7 +181,7 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="bf16", help="comma-separated: fp32, fp16, bf16")
     ap.add_argument("--bands", default="auto", help="sampling: comma-separated; auto, off, R or RxC (as test.py)")
     ap.add_argument("--cfg_scale", type=float, default=0.0)
-    ap.add_argument("--sampler", default="ddim", help="sampling: ddim, dpmpp2m, dpmpp3m (diffusion/solvers.py)")
+    ap.add_argument("--sampler", default="ddim", help="sampling: ddim, dpmpp2m, dpmpp3m (diffusion/samplers.py)")
     ap.add_argument("--train", action="store_true", help="estimate a training step instead of sampling")
     ap.add_argument("--batch", type=int, default=96, help="training batch")
     ap.add_argument("--checkpointing", action="store_true", help="training: activation checkpointing per block")

@@ -18,11 +18,11 @@ import torch
 
 from benchmarks.common import emit, environment
 from configs import get_preset
-from diffusion import guided_canvas_eps
-from model import build_unet
+from model.patchdm.api import guided_canvas_eps
+from model.patchdm import build_unet
 from runtime.device import DTYPES, autocast, pick_device
 from runtime.cli import parse_hw
-from runtime.fast import speed_up
+from model.patchdm.fast import speed_up
 
 
 def rel(a, b) -> float:

@@ -20,12 +20,13 @@ import torch
 
 from benchmarks.common import emit, environment, timed
 from configs import get_preset
-from diffusion import ddim_sample_canvas, sample_canvas
-from diffusion.solvers import sampling_schedule
-from model import Denoiser, build_unet
+from model.patchdm.api import ddim_sample_canvas
+from model.patchdm.sampling import sample_canvas, sampling_process
+from model.patchdm import CanvasOptions, Denoiser, build_unet
 from runtime.device import autocast, pick_device
-from runtime.cli import parse_bands, parse_hw
-from runtime.fast import COMPILE_SCOPES, cast_weights, speed_up
+from model.patchdm.cli import parse_bands
+from runtime.cli import parse_hw
+from model.patchdm.fast import COMPILE_SCOPES, cast_weights, speed_up
 
 
 def measure(unet, device, hw, batch, precision, steps, bands, cfg_scale, p, code_dim, sampler="ddim", diffusion=None):
@@ -36,8 +37,8 @@ def measure(unet, device, hw, batch, precision, steps, bands, cfg_scale, p, code
     def sample(x_T, n):
         if sampler == "ddim":
             return ddim_sample_canvas(unet, x_T, code, steps=n, **kw)
-        return sample_canvas(Denoiser(unet, p), x_T, code, sampling_schedule(diffusion, sampler, n), cfg_scale, br,
-                             bc, in_place=True, sampler=sampler)
+        return sample_canvas(Denoiser(unet, p), x_T, code, sampling_process(diffusion, sampler, n), sampler,
+                             CanvasOptions(cfg_scale, br, bc, in_place=True))
 
     with autocast(device, precision):
         sample(torch.randn(batch, 3, *hw, device=device), 2)
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default="1,4", help="comma-separated batch sizes")
     ap.add_argument("--precision", default="bf16", help="comma-separated: fp32, fp16, bf16")
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--sampler", default="ddim", help="ddim, dpmpp2m, dpmpp3m (diffusion/solvers.py)")
+    ap.add_argument("--sampler", default="ddim", help="ddim, dpmpp2m, dpmpp3m (diffusion/samplers.py)")
     ap.add_argument("--cfg_scale", type=float, default=0.0)
     ap.add_argument("--bands", default="auto", help="auto, off, R or RxC tiles per band (as test.py)")
     ap.add_argument("--compile", default="none", help="torch.compile mode per block: none, default, "

@@ -14,7 +14,7 @@ Writes OUT.json, OUT.md and OUT.png (the first image: reference first, then per 
 and under it its difference from the reference, amplified by --diff_gain).
 The reference (the slow part: 1000 evaluations per image, ~30 min for 16 images on 2 CPU cores) is kept in
 OUT.ref.pt and reused by the next run with the same checkpoint, codes, seeds and reference steps.
-A sampler may name its timestep spacing, ``dpmpp2m@linspace`` (diffusion/solvers.py, ``spacing``).
+A sampler may name its timestep spacing, ``dpmpp2m@linspace`` (diffusion/samplers.py, ``spacing``).
 """
 
 from __future__ import annotations
@@ -31,22 +31,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffusion import sample_canvas  # noqa: E402
-from diffusion.schedule import SPACINGS  # noqa: E402
-from diffusion.solvers import evaluations, sampling_schedule, supported  # noqa: E402
+from model.patchdm.sampling import per_image_noise, sample_canvas, sampling_process  # noqa: E402
+from diffusion.vp import SPACINGS  # noqa: E402
+from diffusion import evaluations, supported  # noqa: E402
 from metrics.seams import seam_ratio  # noqa: E402
-from model import Denoiser  # noqa: E402
-from model.checkpoint import load  # noqa: E402
+from model.patchdm import CanvasOptions, Denoiser  # noqa: E402
+from model import load  # noqa: E402
 from runtime.files import atomic_save, save_grid, to_uint8  # noqa: E402
-from runtime.rng import rng  # noqa: E402
 from benchmarks.time_smoothness import smoothed_time  # noqa: E402
-
-
-def noise_of(seed: int, k: int, code_dim: int, hw: tuple) -> torch.Tensor:
-    """x_T of image k, as test.py draws it (z_T first, then x_T, from the image's own generator)."""
-    g = rng(seed, "image", k)
-    torch.randn(code_dim, generator=g)
-    return torch.randn(3, *hw, generator=g)
 
 
 def main() -> int:
@@ -87,18 +79,18 @@ def main() -> int:
     ks = list(range(n))  # image k: seed 0's numbering, code idx[k mod len(idx)] (test.py --codes --img_num n)
     with torch.no_grad():
         code = net.codes(None, torch.tensor([idx[k % len(idx)] for k in ks])).float()
-    x_T = torch.stack([noise_of(0, k, cfg.model.code_dim, hw) for k in ks])
+    x_T = torch.stack([per_image_noise(0, k, cfg.model.code_dim, hw)[1] for k in ks])
     den = Denoiser(net, p, cfg.model.collage)
 
     clip = cfg.sampling.clip_x0 and not args.no_clip
 
     def run(sampler, steps):
         sampler, _, how = sampler.partition("@")
-        sched = sampling_schedule(cfg.diffusion, sampler, steps, how or None)
+        sched = sampling_process(cfg.diffusion, sampler, steps, how or None)
         outs, t0 = [], time.perf_counter()
         for i in range(0, n, args.batch_size):
             outs.append(sample_canvas(den, x_T[i:i + args.batch_size].clone(), code[i:i + args.batch_size], sched,
-                                      cfg.sampling.cfg_scale, clip_x0=clip, sampler=sampler))
+                                      sampler, CanvasOptions(cfg.sampling.cfg_scale, clip_x0=clip)))
         return torch.cat(outs).clamp(-1, 1), (time.perf_counter() - t0) / n
 
     ref_file = Path(args.out).with_suffix(".ref.pt")

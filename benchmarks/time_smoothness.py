@@ -29,10 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusion import schedule_from  # noqa: E402
-from model import Denoiser  # noqa: E402
-from model.blocks import sinusoid  # noqa: E402
-from model.checkpoint import load  # noqa: E402
+from model.patchdm.sampling import image_process, per_image_noise  # noqa: E402
+from model.patchdm import Denoiser  # noqa: E402
+from model.patchdm.blocks import sinusoid  # noqa: E402
+from model import load  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -64,7 +64,6 @@ def smoothed_time(net, sigma: float, num_timesteps: int = 1000):
 
 
 def main() -> int:
-    from benchmarks.sampler_accuracy import noise_of
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full_path", "-f", required=True, help="train.py checkpoint (eps or v objective)")
     ap.add_argument("--codes", default="0,5", help="training-image indices whose codes are used")
@@ -82,15 +81,15 @@ def main() -> int:
     hw = tuple(cfg.sampling.image_size)
     idx = [int(c) for c in args.codes.split(",")]
     den = Denoiser(net, cfg.model.patch_size, cfg.model.collage)
-    sched = schedule_from(cfg.diffusion)
+    sched = image_process(cfg.diffusion)
     abar = sched.alphas_cumprod
     with torch.no_grad(), smoothed_time(net, args.smooth, cfg.diffusion.num_timesteps):
         code = net.codes(None, torch.tensor(idx)).float()
-        n = torch.stack([noise_of(0, k, cfg.model.code_dim, hw) for k in range(len(idx))])
+        n = torch.stack([per_image_noise(0, k, cfg.model.code_dim, hw)[1] for k in range(len(idx))])
         if args.final_jump:
             want, x, x0_at = {int(s) for s in args.jump_times.split(",")}, n.clone(), {}
             for i in range(sched.num_timesteps - 1, -1, -1):
-                out = den.eps(x, sched.model_t(i, len(idx), x.device), code)
+                out = den.predict(x, sched.model_t(i, len(idx), x.device), code)
                 if i in want:
                     x0_at[i] = sched.to_x0(x, i, out).clamp(-1, 1)
                 x = sched.step(x, i, out, cfg.sampling.clip_x0)
@@ -101,7 +100,7 @@ def main() -> int:
         for t in (int(s) for s in args.times.split(",")):
             a = abar[t].float()
             x_t = a.sqrt() * 0.3 * torch.tanh(n.roll(1, -1)) + (1 - a).sqrt() * n
-            f = {d: den.eps(x_t, torch.full((len(idx),), t + d), code) for d in (0, 1, 2, 25, 50)}
+            f = {d: den.predict(x_t, torch.full((len(idx),), t + d), code) for d in (0, 1, 2, 25, 50)}
             rms = lambda y: y.pow(2).mean().sqrt().item()  # noqa: E731
             print(f"t={t}: first difference {rms(f[1] - f[0]):.4f}  second difference "
                   f"{rms(f[2] - 2 * f[1] + f[0]):.4f}  over 25 steps {rms(f[25] - f[0]):.4f}  "

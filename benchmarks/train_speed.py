@@ -17,14 +17,15 @@ import torch
 from benchmarks.common import emit, environment, timed
 from configs import get_preset
 from dataset import build_dataset
-from model import build_patchdm
+from model.patchdm import build_patchdm
 from runtime.data import StepBatchSampler, make_loader
 from runtime.device import autocast, pick_device
+from model.patchdm.fast import COMPILE_SCOPES, set_checkpointing, speed_up
+from model.patchdm.grid import window_region
+from model.patchdm.training import LossStep, draw, window_at
 from training.ema import EMA
-from runtime.fast import COMPILE_SCOPES, set_checkpointing, speed_up
-from training.draws import draw, window_at
 from training.loop import optimizer_step
-from training.patchdm import LossStep
+from training.meter import total
 
 
 def main(argv=None) -> int:
@@ -36,10 +37,10 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--data", default=None, help="LMDB to load batches from (default: random tensors)")
     ap.add_argument("--workers", type=int, default=8)
-    ap.add_argument("--compile", default="none", help="torch.compile mode per block (runtime/fast.py)")
+    ap.add_argument("--compile", default="none", help="torch.compile mode per block (model/patchdm/fast.py)")
     ap.add_argument("--channels_last", action="store_true", help="channels-last memory format")
     ap.add_argument("--compile_scope", default="blocks", choices=list(COMPILE_SCOPES),
-                    help="with --compile: every block, or the encoder and decoder halves (runtime/fast.py)")
+                    help="with --compile: every block, or the encoder and decoder halves (model/patchdm/fast.py)")
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
     ap.add_argument("--checkpoint_levels", type=int, default=0, help="with --checkpointing: only the N highest-"
                                                                      "resolution levels (0 = all)")
@@ -56,8 +57,8 @@ def main(argv=None) -> int:
     h, w = cfg.data.image_size
     if args.data:
         data = build_dataset(args.data, cfg.data)
-        sampler = StepBatchSampler(len(data), args.batch, window_of=lambda s: window_at(cfg, s),
-                                   patch_size=cfg.model.patch_size)
+        sampler = StepBatchSampler(len(data), args.batch,
+                                   region_of=lambda s: window_region(window_at(cfg, s), cfg.model.patch_size))
         loader = iter(make_loader(data, sampler, args.workers, device.type == "cuda"))
         num_codes = len(data)
     else:
@@ -76,8 +77,8 @@ def main(argv=None) -> int:
         x0, index = (v.to(device, non_blocking=True) for v in next(loader)) if args.data else fixed
         window, t, noise, (ck, pk), _ = draw(cfg, step, 0, args.batch, 1, device)
         with autocast(device, args.precision):
-            shift, noshift = step_fn(x0, index, t, noise, window, ck, pk)
-        optimizer_step(net.parameters(), opt, scaler, shift.mean() + noshift.mean(), tc.grad_clip)
+            terms = step_fn(x0, index, t, noise, window, ck, pk)
+        optimizer_step(net.parameters(), opt, scaler, total(terms), tc.grad_clip)
         ema.update(net)
 
     net.train()

@@ -1,4 +1,4 @@
-"""Rectified flow (Liu et al. 2022) as a process with the methods of ``Schedule``: beyond the paper
+"""Rectified flow (Liu et al. 2022) as a process (diffusion/process.py): beyond the Patch-DM paper
 (docs/FAITHFULNESS.md, "Beyond the official code").
 
 Straight paths between data and noise, x_t = (1 - t) x0 + t eps with t uniform in [0, 1] (t = 1 is pure noise, the
@@ -19,7 +19,7 @@ import math
 import torch
 
 
-class FlowSchedule:
+class FlowProcess:
     objective = "flow"
     prediction = "flow"
     continuous = True
@@ -29,10 +29,10 @@ class FlowSchedule:
             raise ValueError(f"a flow sampler needs at least 1 step, got {num_timesteps}")
         self.num_timesteps, self.time_scale = int(num_timesteps), float(time_scale)
 
-    def respace(self, steps: int, spacing: str = "uniform") -> "FlowSchedule":
+    def respace(self, steps: int, spacing: str = "uniform") -> "FlowProcess":
         """The uniform grid of ``steps`` steps from t = 1 to 0 (the only spacing; ``spacing`` is accepted so every
         process respaces alike)."""
-        return FlowSchedule(steps, self.time_scale)
+        return FlowProcess(steps, self.time_scale)
 
     @staticmethod
     def _b(t, x):

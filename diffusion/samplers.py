@@ -1,115 +1,194 @@
-"""Samplers as functions of a model function and a schedule (docs/FAITHFULNESS.md, "Sampling").
+"""Samplers as functions of a model function and a process: their step functions and their registry, in one place
+(docs/FAITHFULNESS.md, "Sampling").
 
-Every sampler takes ``model_fn(x_t, t) -> output`` (t: the network's time input, ``sched.model_t``) and a
-respaced process (``Schedule`` for eps and v models, ``FlowSchedule`` for rectified flow), so one loop serves the
-patch canvas and the latent MLP, and every objective: the process turns the network output into its update
-(``sched.step``: DDIM for eps and v, Euler for flow, the same first-order step). The streamed variant takes
-``bands_fn(x_t, t)``, which yields (pixel rows, output) in reading order (``Denoiser.eps_bands``), and updates the
-canvas in place band by band: the same result with one canvas and one band of features in memory. A sampler is
-built from a *step* ``step(x, i) -> x`` (from step i of the schedule to step i - 1) and a loop over the steps, so
-wrappers (inpainting: diffusion/inpaint.py) act on the steps of any sampler.
+A model function is ``model_fn(x, t, i) -> output``: x the state (one tensor, or a tuple of tensors for a model of
+several latents), t the network's time input (``process.model_t``), i the index of the process step being taken (a
+model that changes with the step, such as Patch-DM's pixel-space collage, reads it; others ignore it). Its output has
+the state's structure. A *band* model ``bands_fn(x, t, i)`` yields (pixel rows, output) of a canvas in reading order,
+each band reading only rows not yet updated, so a sampler may update the canvas in place band by band (the same
+result with one canvas and one band of features in memory).
 
-``sample_canvas`` is what the scripts call: a Denoiser, codes and the sampler's settings in, images out.
+A sampler is a *step* ``step(x, i) -> x`` from step i of a respaced process to step i - 1, made by ``make_step``, and
+``run_steps`` over the steps; wrappers (inpainting: diffusion/inpaint.py) act on the steps of any sampler.
+
+  ddim      the process's own one-evaluation update: DDIM (eta 0) for eps and v models, the paper's
+  euler     the same step on a flow model (Euler); ``ddim`` is accepted for flow models as its old name
+  heun      Heun's 2nd-order method on a flow model's ODE (EDM's sampler): 2N - 1 evaluations for N steps
+  dpmpp2m   DPM-Solver++(2M), dpmpp3m: (3M), for every objective (diffusion/dpm_solver.py), beyond the paper
+
+VP models take the official DDIM spacing with ``ddim`` (bit-identical to the official sampler) and steps uniform in
+log-SNR with the multistep solvers (DPM-Solver's own choice; diffusers' "linspace" leaves a final jump whose error
+falls only like 1/N, docs/BENCHMARKS.md, "Fast samplers"); flow models use their uniform grid.
 """
 
 from __future__ import annotations
 
-import torch
 from tqdm.auto import tqdm
 
-from .schedule import Schedule
+from .dpm_solver import History, step_order
+from .process import each, first
+
+SAMPLERS = ("ddim", "euler", "heun", "dpmpp2m", "dpmpp3m")
+ONE_STEP = ("ddim", "euler")  # one network evaluation from t to t - 1: what inpainting (RePaint) can wrap
+ORDERS = {"dpmpp2m": 2, "dpmpp3m": 3}
 
 
-def ddim_step(sched: Schedule, x: torch.Tensor, i: int, eps: torch.Tensor, clip_x0: bool) -> torch.Tensor:
-    """One eta = 0 DDIM update from step i to i-1 of a respaced schedule (guided-diffusion arithmetic, fp32).
-
-    Faithful: x0 is predicted, optionally clipped to [-1, 1], and eps re-derived from the clipped x0.
-    """
-    x0 = sched.predict_x0(x, i, eps)
-    if clip_x0:
-        x0 = x0.clamp(-1, 1)
-    eps = sched.eps_from_x0(x, i, x0)
-    abar_prev = Schedule.at(sched.alphas_cumprod_prev, i, x)
-    return x0 * torch.sqrt(abar_prev) + torch.sqrt(1 - abar_prev) * eps
+def supported(sampler: str, objective: str) -> str | None:
+    """None when ``sampler`` works with models of ``objective``, else the one-line reason."""
+    if sampler not in SAMPLERS:
+        return f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}"
+    if sampler in ("euler", "heun") and objective != "flow":
+        return (f"--sampler {sampler} integrates a flow model's velocity; this is an {objective} model: use ddim, "
+                "dpmpp2m or dpmpp3m")
+    return None
 
 
-def ddim_update(model_fn, sched, clip_x0: bool = True):
-    """step(x, i) of DDIM (Euler for a flow) with the model evaluated on the whole of x."""
+def default_sampler(objective: str) -> str:
+    """The paper's sampler for VP models (DDIM), Euler for flow models."""
+    return "euler" if objective == "flow" else "ddim"
+
+
+def canonical(sampler: str | None, objective: str) -> str:
+    """The sampler's own name: None means the default; ``ddim`` on a flow model is Euler."""
+    if sampler is None:
+        return default_sampler(objective)
+    return "euler" if sampler == "ddim" and objective == "flow" else sampler
+
+
+def spacing(sampler: str) -> str:
+    """The timestep spacing a VP process is respaced with for ``sampler``: the official one for the one-step update
+    (bit-identical to the official sampler), uniform in log-SNR (the last step at t = 0) for the multistep solvers."""
+    return "logsnr" if sampler in ORDERS else "official"
+
+
+def respaced(process, sampler: str, steps: int, timestep_spacing: str | None = None):
+    """``process`` over ``steps`` steps with the sampler's spacing (or ``timestep_spacing``, one of vp.SPACINGS; a
+    flow process has only its uniform grid)."""
+    return process.respace(steps, timestep_spacing or spacing(sampler))
+
+
+def evaluations(sampler: str, steps: int) -> int:
+    """Network evaluations of a sampler over ``steps`` steps."""
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def _times(process, i: int, x):
+    b = first(x)
+    return process.model_t(i, b.shape[0], b.device)
+
+
+def _cast(out, x):
+    return each(lambda o, xe: o.to(xe.dtype), out, x)
+
+
+def one_step(model_fn, process, clip_x0: bool = True):
+    """step(x, i) of the process's own update (DDIM; Euler for a flow) with the model evaluated on the whole of x."""
 
     def step(x, i):
-        return sched.step(x, i, model_fn(x, sched.model_t(i, x.shape[0], x.device)), clip_x0)
+        out = model_fn(x, _times(process, i, x), i)
+        return each(lambda xe, oe: process.step(xe, i, oe, clip_x0), x, out)
 
     return step
 
 
-def streamed_ddim_update(bands_fn, sched, clip_x0: bool = True):
-    """step(x, i) of DDIM (Euler for a flow) updating x in place band by band: a band's output depends only on rows
-    that later bands have not yet updated, so the result equals ``ddim_update``'s."""
+def streamed_one_step(bands_fn, process, clip_x0: bool = True):
+    """``one_step`` updating a canvas x in place band by band: a band's output depends only on rows that later bands
+    have not yet updated, so the result equals ``one_step``'s."""
 
     def step(x, i):
-        t = sched.model_t(i, x.shape[0], x.device)
-        for rows, out in bands_fn(x, t):
-            x[..., rows, :] = sched.step(x[..., rows, :], i, out, clip_x0)
+        for rows, out in bands_fn(x, _times(process, i, x), i):
+            x[..., rows, :] = process.step(x[..., rows, :], i, out, clip_x0)
         return x
 
     return step
 
 
-def run_steps(step, x: torch.Tensor, sched: Schedule, progress: bool = False, desc: str = "DDIM") -> torch.Tensor:
-    """Apply step(x, i) for i = T'-1 .. 0 of the respaced schedule."""
-    for i in tqdm(range(sched.num_timesteps - 1, -1, -1), disable=not progress, desc=desc, leave=False):
+def _x0(process, x, i, out, clip_x0):
+    x0 = each(lambda xe, oe: process.to_x0(xe, i, oe.to(xe.dtype)), x, out)
+    return each(lambda e: e.clamp(-1, 1), x0) if clip_x0 else x0
+
+
+def dpmpp(model_fn, process, order: int = 2, clip_x0: bool = True):
+    """step(x, i) of DPM-Solver++(order M) with the model evaluated on the whole of x; x0 is clipped to [-1, 1] as
+    thresholding (the model was trained on [-1, 1]) when clip_x0."""
+    hist = History(order - 1)
+
+    def step(x, i):
+        x0 = _x0(process, x, i, model_fn(x, _times(process, i, x), i), clip_x0)
+        new = hist.update(x, i, x0, process, step_order(order, hist.done, i, process.num_timesteps))
+        hist.push(x0)
+        return new
+
+    return step
+
+
+def streamed_dpmpp(bands_fn, process, order: int = 2, clip_x0: bool = True):
+    """``dpmpp`` updating a canvas x in place band by band (a band's output depends only on rows not yet updated);
+    the x0 history is kept as canvases, each band writing its rows (one canvas per order above 1)."""
+    hist = History(order - 1)
+
+    def step(x, i):
+        o = step_order(order, hist.done, i, process.num_timesteps)
+        x0_full = hist.buffer(x)
+        for rows, out in bands_fn(x, _times(process, i, x), i):
+            xr = x[..., rows, :]
+            x0 = _x0(process, xr, i, out, clip_x0)
+            x[..., rows, :] = hist.update(xr, i, x0, process, o, rows)
+            if x0_full is not None:
+                x0_full[..., rows, :] = x0
+        hist.push(x0_full)
+        return x
+
+    return step
+
+
+def heun(model_fn, process, clip_x0: bool = True):
+    """step(x, i) of Heun on a flow model from t = (i + 1)/N to i/N: an Euler step, the velocity at its end, the
+    average of both; Euler for the last step into t = 0 (i = 0). Both evaluations of step i are told i."""
+    euler = one_step(model_fn, process, clip_x0)
+
+    def step(x, i):
+        if i == 0:
+            return euler(x, i)
+        t, s = process.time(i), process.time(i - 1)
+        v1 = _cast(model_fn(x, _times(process, i, x), i), x)
+        x1 = each(lambda xe, ve: process.step(xe, i, ve, clip_x0), x, v1)
+        v2 = _cast(model_fn(x1, _times(process, i - 1, x), i), x)
+        if clip_x0:
+            return each(lambda xe, a, b: process.step(xe, i, (a + b) / 2, clip_x0), x, v1, v2)
+        return each(lambda xe, a, b: xe + (s - t) * (a + b) / 2, x, v1, v2)
+
+    return step
+
+
+def make_step(sampler: str, process, model_fn=None, bands_fn=None, clip_x0: bool = True):
+    """The step function of ``sampler`` over a whole-state model_fn, or over a band model bands_fn (a canvas updated
+    in place; Heun evaluates the same x twice per step and has no streamed form)."""
+    if sampler in ONE_STEP:
+        return streamed_one_step(bands_fn, process, clip_x0) if bands_fn else one_step(model_fn, process, clip_x0)
+    if sampler in ORDERS:
+        if bands_fn:
+            return streamed_dpmpp(bands_fn, process, ORDERS[sampler], clip_x0)
+        return dpmpp(model_fn, process, ORDERS[sampler], clip_x0)
+    if sampler == "heun":
+        if bands_fn:
+            raise ValueError("heun has no streamed form")
+        return heun(model_fn, process, clip_x0)
+    raise ValueError(supported(sampler, "eps") or sampler)
+
+
+def run_steps(step, x, process, progress: bool = False, desc: str = "sample"):
+    """Apply step(x, i) for i = N-1 .. 0 of the respaced process."""
+    for i in tqdm(range(process.num_timesteps - 1, -1, -1), disable=not progress, desc=desc, leave=False):
         x = step(x, i)
     return x
 
 
-def ddim(model_fn, x_T: torch.Tensor, sched, clip_x0: bool = True, progress: bool = False) -> torch.Tensor:
-    """DDIM (eta 0; Euler for a flow) from x_T to x_0 over every step of the (respaced) schedule."""
-    return run_steps(ddim_update(model_fn, sched, clip_x0), x_T, sched, progress)
+def sample(sampler: str, model_fn, x_T, process, clip_x0: bool = True, progress: bool = False):
+    """x_T -> x_0 with ``sampler`` over every step of the (respaced) process."""
+    return run_steps(make_step(sampler, process, model_fn, clip_x0=clip_x0), x_T, process, progress, sampler)
 
 
-def ddim_streamed(bands_fn, x_T: torch.Tensor, sched, clip_x0: bool = True,
-                  progress: bool = False) -> torch.Tensor:
-    """``ddim`` with a band model, updating x_T in place (the caller gives x_T up; copy it to keep it)."""
-    return run_steps(streamed_ddim_update(bands_fn, sched, clip_x0), x_T, sched, progress)
-
-
-ddim_loop = ddim  # the name of earlier versions
-
-
-@torch.no_grad()
-def sample_canvas(den, x_T: torch.Tensor, code: torch.Tensor, sched, cfg_scale: float = 0.0,
-                  band_rows=None, band_cols=None, wrap: str = "", seed: int = 0, clip_x0: bool = True,
-                  progress: bool = False, in_place: bool = False, known=None, resample: int = 1,
-                  sampler: str = "ddim") -> torch.Tensor:
-    """Images (B, 3, H, W) in [-1, 1] from noise x_T and codes (B, D) with a Denoiser and a respaced process (the
-    model's objective: ``sampling_schedule(cfg.diffusion, sampler, steps)``).
-
-    sampler: "ddim" (the paper's; Euler for a flow model, also called "euler"), or a fast solver of
-    diffusion/solvers.py ("dpmpp2m", "dpmpp3m"; "heun" for flow models). Banded with the feature collage: streamed
-    in place (x_T is overwritten when in_place, else a copy is); otherwise the whole canvas per step (the ablations
-    chunk their independent patches by the same bands). known = (x_known, mask) conditions on known pixels
-    (diffusion/inpaint.py: replacement, RePaint with resample > 1; one-step samplers only)."""
-    from .solvers import make_update
-    if known is not None and sampler not in ("ddim", "euler"):
-        raise ValueError(f"known pixels (inpainting) need a one-step sampler (ddim), not {sampler}: RePaint "
-                         "re-noises x between steps, which a multistep history cannot follow")
-    if (band_rows is not None or band_cols is not None) and den.streams and sampler != "heun":
-        rows = band_rows or x_T.shape[-2] // den.p
-        step = make_update(sampler, bands_fn=lambda x, t: den.eps_bands(x, t, code, rows, band_cols, cfg_scale,
-                                                                        wrap), sched=sched, clip_x0=clip_x0)
-        x = x_T if in_place else x_T.clone()
-    else:
-        at = {}  # the sampling step k of the current update (the pixel-space modes shift their grid by it)
-        inner = make_update(sampler, lambda x, t: den.eps(x, t, code, cfg_scale, band_rows=band_rows,
-                                                          band_cols=band_cols, wrap=wrap, step=at["k"], seed=seed),
-                            sched=sched, clip_x0=clip_x0)
-
-        def step(x, i):
-            at["k"] = sched.num_timesteps - 1 - i
-            return inner(x, i)
-
-        x = x_T
-    if known is not None:
-        from .inpaint import repaint
-        return repaint(step, x, sched, *known, resample=resample, seed=seed, progress=progress)
-    return run_steps(step, x, sched, progress, desc=sampler)
+def ddim(model_fn, x_T, process, clip_x0: bool = True, progress: bool = False):
+    """DDIM (eta 0; Euler for a flow) from x_T to x_0 over every step of the (respaced) process."""
+    return sample("ddim", model_fn, x_T, process, clip_x0, progress)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +23,15 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from runtime.errors import UserError
+from runtime.files import atomic_savez
+
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 SHA256_PREFIX = "6726825d"
 WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + WEIGHTS_NAME
 
 
-class FIDError(RuntimeError):
+class FIDError(UserError):
     """Missing or wrong Inception weights, or unusable images."""
 
 
@@ -159,10 +161,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 def save_stats(path, mu, sigma, **meta) -> None:
     """Cache statistics as .npz (mu, sigma and string metadata describing what they were computed from)."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, mu=mu, sigma=sigma, **{f"meta_{k}": np.array(str(v)) for k, v in meta.items()})
-    os.replace(tmp, path)
+    atomic_savez(path, mu=mu, sigma=sigma, **{f"meta_{k}": np.array(str(v)) for k, v in meta.items()})
 
 
 def load_stats(path) -> tuple:

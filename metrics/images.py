@@ -10,7 +10,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from dataset import IMAGE_EXTS, DataError, build_dataset, is_lmdb, to_rgb
+from dataset import IMAGE_EXTS, DataError, build_dataset, is_lmdb
+from runtime.images import to_rgb
 
 
 class ImageFolder(Dataset):

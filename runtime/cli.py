@@ -1,5 +1,5 @@
 """Command-line parsing shared by the scripts: a parser whose mistakes are one line, argument types with ranges,
-canvas sizes and bands."""
+image sizes."""
 
 from __future__ import annotations
 
@@ -46,13 +46,6 @@ nonnegative_int = bounded(int, 0, "an integer")
 nonnegative_float = bounded(float, 0.0, "a number")
 
 
-def preset_help(default: str | None = None) -> str:
-    """'preset: tiny, small, nature, ...' for --config help texts."""
-    from configs import preset_names
-    text = f"preset: {', '.join(preset_names())}"
-    return text + (f" (default {default})" if default else "")
-
-
 def parse_hw(text: str) -> tuple:
     """'512x1024' -> (512, 1024)."""
     try:
@@ -62,24 +55,6 @@ def parse_hw(text: str) -> tuple:
     if h <= 0 or w <= 0:
         raise CLIError(f"image size {text!r} must be positive")
     return h, w
-
-
-def parse_bands(text: str, batch: int, hw: tuple, p: int) -> tuple:
-    """--bands: 'auto' (bounded memory), 'off' (all patches at once, the official way), 'R' or 'RxC' tiles per band.
-    Returns (band_rows, band_cols) for the samplers."""
-    from model.canvas import auto_band
-    text = text.lower()
-    if text == "auto":
-        return auto_band(batch, hw[0] // p, hw[1] // p)
-    if text == "off":
-        return None, None
-    try:
-        parts = [int(v) for v in text.split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) not in (1, 2) or min(parts) < 1:
-        raise CLIError(f"--bands {text!r}: use auto, off, R or RxC (tile rows x tile columns per band), e.g. 1x32")
-    return parts[0], parts[1] if len(parts) == 2 else None
 
 
 def check_divisible(hw: tuple, p: int, what: str = "image size") -> None:

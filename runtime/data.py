@@ -18,11 +18,11 @@ class StepBatchSampler(Sampler):
     """
 
     def __init__(self, n: int, batch: int, seed: int = 0, rank: int = 0, world: int = 1, start_step: int = 0,
-                 window_of=None, patch_size: int = 0):
-        """window_of(step) -> (row, col): when given, items are (index, window, patch_size) so that the dataset
-        loads only the training window."""
+                 region_of=None):
+        """region_of(step) -> (top, left, height, width): when given, items are (index, region) so that the dataset
+        loads only that region of each image (Patch-DM's training window)."""
         self.n, self.batch, self.seed, self.rank, self.world, self.start = n, batch, seed, rank, world, start_step
-        self.window_of, self.p = window_of, patch_size
+        self.region_of = region_of
         self.steps_per_epoch = n // (batch * world)
         if self.steps_per_epoch == 0:
             raise CLIError(f"the dataset has {n} images, fewer than one global batch of {batch * world}; "
@@ -33,9 +33,9 @@ class StepBatchSampler(Sampler):
         g = rng(self.seed, "order", epoch)
         start = k * self.batch * self.world + self.rank * self.batch
         batch = torch.randperm(self.n, generator=g)[start:start + self.batch].tolist()
-        if self.window_of is not None:
-            window = self.window_of(step)
-            batch = [(i, window, self.p) for i in batch]
+        if self.region_of is not None:
+            region = self.region_of(step)
+            batch = [(i, region) for i in batch]
         return batch
 
     def __iter__(self):
@@ -76,10 +76,10 @@ class SkipUnreadable(Dataset):
         raise UserError(f"no image of {getattr(self.data, 'path', 'the dataset')} can be read ({problem})")
 
 
-def check_stored_size(data, cfg, allow_upscale: bool = False, probes: int = 8) -> None:
-    """Refuse a dataset whose stored images are smaller than the preset's training images (they would be
+def check_stored_size(data, image_size: tuple, preset: str, allow_upscale: bool = False, probes: int = 8) -> None:
+    """Refuse a dataset whose stored images are smaller than the training images of ``preset`` (they would be
     upscaled: usually a forgotten --config), looking at ``probes`` images spread over the dataset."""
-    h, w = cfg.data.image_size
+    h, w = image_size
     n = len(data)
     for i in sorted({round(k * (n - 1) / max(1, probes - 1)) for k in range(min(n, probes))}):
         try:
@@ -88,6 +88,6 @@ def check_stored_size(data, cfg, allow_upscale: bool = False, probes: int = 8) -
             continue  # unreadable: skipped during training like any other
         if (sh < h or sw < w) and not allow_upscale:
             raise CLIError(f"{data.path} stores {sh}x{sw} images (image {i}), smaller than the {h}x{w} training "
-                           f"images of the {cfg.name} preset: they would be upscaled. Pass the preset the data was "
+                           f"images of the {preset} preset: they would be upscaled. Pass the preset the data was "
                            "packed for (--config), re-pack the photos with img2lmdb.py --config "
-                           f"{cfg.name}, or pass --allow_upscale")
+                           f"{preset}, or pass --allow_upscale")

@@ -1,5 +1,5 @@
-"""User-facing errors: one line on stderr and exit status 2, whatever raised them and wherever (DataLoader workers
-included)."""
+"""The project's error types and how the command lines report them: one line on stderr and exit status 2, whatever
+raised them and wherever (DataLoader workers included). Python users catch ``UserError`` (or a subclass)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import contextlib
 import signal
 import sys
 
-from model.safe_load import CheckpointError
 
 
 class UserError(Exception):
@@ -16,6 +15,18 @@ class UserError(Exception):
 
 class CLIError(UserError):
     """A bad command line, or a file that does not fit what the command was asked to do."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint file is missing, unreadable, or does not fit the model it is loaded into."""
+
+
+class WriteError(UserError, OSError):
+    """A result could not be written (a full disk, a missing permission); nothing partial was left behind."""
+
+
+class RunInUse(UserError):
+    """Another process is training into the same run folder."""
 
 
 def one_line(e: BaseException) -> str:
@@ -36,7 +47,7 @@ def run_cli(main, argv=None) -> int:
     and returns 130 (the scripts clean up what they were writing before the interrupt reaches here)."""
     try:
         return main(argv) or 0
-    except (UserError, CheckpointError) as e:
+    except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:

@@ -1,7 +1,16 @@
-"""Atomic files, JSONL logs and PNG output."""
+"""Writing results safely: atomic files (checkpoints, text, PNGs), JSONL logs, refusals to replace, and the lock of a
+run folder.
+
+Every writer here either leaves its complete result or nothing: it writes a temporary file beside the target and
+renames it into place, so a kill, a full disk or a missing permission never leaves a torn file, and a file it
+replaces stays intact until the new one is complete. A failed write raises ``WriteError`` naming the path and the
+reason ("No space left on device"), which the command lines print as one line.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import tempfile
@@ -11,41 +20,115 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import CLIError, RunInUse, WriteError
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: run folders are then not locked
+    fcntl = None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
+def write_failed(path, e: BaseException) -> WriteError:
+    """The one-line WriteError for a write to ``path`` that raised ``e``."""
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
+    return WriteError(f"cannot write {os.fspath(path)}: {reason}")
+
+
+class _Recorder(io.RawIOBase):
+    """A writable file that remembers the OSError of a failed write: torch.save reports a full disk as an
+    internal 'unexpected pos' RuntimeError, and this keeps the real reason."""
+
+    def __init__(self, f):
+        super().__init__()
+        self.f, self.error = f, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        try:
+            return self.f.write(b)
+        except OSError as e:
+            self.error = e
+            raise
+
+
+@contextlib.contextmanager
+def _replacing(path, suffix: str):
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``; on any failure it is
+    removed and ``path`` is left as it was (write failures become WriteError)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the result gets the usual permissions
+    except OSError as e:
+        raise write_failed(path, e) from None
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, (OSError, WriteError)):
+            raise e if isinstance(e, WriteError) else write_failed(path, e) from None
+        raise
+
+
+def _fsync(tmp) -> None:
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 
 def atomic_save(obj, path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename: a kill never leaves a torn file."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """torch.save to a temporary file in the same folder, fsync, then rename: a kill or a full disk never leaves a torn
+    file, and the file it replaces stays intact until then."""
+    with _replacing(path, ".pt") as tmp:
+        with open(tmp, "wb", buffering=0) as f:
+            rec = _Recorder(f)
+            try:
+                torch.save(obj, rec)
+            except RuntimeError as e:
+                raise write_failed(path, rec.error or e) from None
+        _fsync(tmp)
 
 
 def atomic_write_text(text: str, path) -> None:
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    with _replacing(path, ".txt") as tmp:
         with open(tmp, "w") as f:
             f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+
+def atomic_write_bytes(data: bytes, path) -> None:
+    with _replacing(path, ".bin") as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def atomic_savez(path, **arrays) -> None:
+    """np.savez, atomically (the name keeps its own suffix)."""
+    with _replacing(path, ".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
 
 
 def check_new_file(path, overwrite: bool, flag: str = "--overwrite") -> None:
     """Refuse (CLIError) an output file that exists, unless ``overwrite``; a folder in its place is always refused.
     Called before any work starts, so a refused command has done nothing."""
-    from .errors import CLIError
     path = os.fspath(path)
     if os.path.isdir(path):
         raise CLIError(f"output {path} is a folder; give a file name")
@@ -61,7 +144,10 @@ def make_parents(path) -> list:
         missing.append(parent)
         parent = os.path.dirname(parent)
     for d in reversed(missing):
-        os.mkdir(d)
+        try:
+            os.mkdir(d)
+        except OSError as e:
+            raise write_failed(d, e) from None
     return list(reversed(missing))
 
 
@@ -75,16 +161,24 @@ def remove_empty(folders) -> None:
 
 
 class JsonlLog:
-    """Append one JSON object per line; each row gets a wall-clock time stamp."""
+    """Append one JSON object per line; each row gets a wall-clock time stamp. A row that cannot be written whole
+    (a full disk) is taken back, so the log never holds half a line."""
 
     def __init__(self, path):
         self.path = os.fspath(path)
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
 
     def write(self, **row) -> None:
-        row = {"time": round(time.time(), 3), **row}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        line = (json.dumps({"time": round(time.time(), 3), **row}) + "\n").encode()
+        with open(self.path, "ab") as f:
+            size = f.tell()
+            try:
+                f.write(line)
+                f.flush()
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    f.truncate(size)
+                raise write_failed(self.path, e) from None
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -95,10 +189,8 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def save_png(x: torch.Tensor, path) -> None:
     """Write one image (3, H, W) in [-1, 1] as PNG, atomically."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    Image.fromarray(to_uint8(x)).save(tmp)
-    os.replace(tmp, path)
+    with _replacing(path, ".png") as tmp:
+        Image.fromarray(to_uint8(x)).save(tmp, format="PNG")
 
 
 def save_grid(images: torch.Tensor, path, ncol: int | None = None, pad: int = 2) -> None:
@@ -112,3 +204,37 @@ def save_grid(images: torch.Tensor, path, ncol: int | None = None, pad: int = 2)
         grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = \
             images[i].detach().float().cpu()
     save_png(grid, path)
+
+
+LOCK_NAME = ".lock"
+
+
+class FolderLock:
+    """An exclusive lock on a folder (``flock`` on FOLDER/.lock), held while one process writes into it: a second
+    process that asks for it gets RunInUse at once and touches nothing. The operating system releases it when the
+    holder exits, however it exits, so a crashed run never leaves a stale lock."""
+
+    def __init__(self, folder, what: str = "run folder"):
+        self.folder, self.what, self._f = os.fspath(folder), what, None
+
+    def acquire(self) -> "FolderLock":
+        if fcntl is None:
+            return self
+        path = os.path.join(self.folder, LOCK_NAME)
+        try:
+            self._f = open(path, "a+")
+        except OSError as e:
+            raise write_failed(path, e) from None
+        try:
+            fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._f.close()
+            self._f = None
+            raise RunInUse(f"{self.what} {self.folder} is in use by another process (it holds {path}); wait for it "
+                           "to finish or use another --name") from None
+        return self
+
+    def release(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None

@@ -1,5 +1,6 @@
-"""Reading the user's image files for the scripts (paint.py's image and mask, test.py --codes), with one-line
-errors for missing or unreadable files."""
+"""Images as the project reads them: any PIL mode to 8-bit RGB, uint8 arrays to tensors in [-1, 1], and the user's
+image files for the scripts (paint.py's image and mask, test.py --codes) with one-line errors for missing or
+unreadable files."""
 
 from __future__ import annotations
 
@@ -7,8 +8,31 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from dataset import to_rgb, to_unit_tensor
-from runtime.errors import CLIError
+from .errors import CLIError
+
+
+def to_unit_tensor(a: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) in [-1, 1], the same float32 operations as ToTensor + Normalize(0.5, 0.5)."""
+    return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div(255).sub(0.5).div(0.5)
+
+
+def region_bounds(h: int, w: int, top: int, left: int, height: int, width: int) -> tuple:
+    """Where the region (top, left, height, width), which may reach past the border, meets an H x W image: the image's
+    (row slice, column slice) inside the region and the zero padding (left, right, top, bottom) around it."""
+    rows, cols = slice(max(0, top), min(h, top + height)), slice(max(0, left), min(w, left + width))
+    return rows, cols, (cols.start - left, left + width - cols.stop, rows.start - top, top + height - rows.stop)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. 16/32-bit integer modes are scaled (not clipped); alpha is dropped."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
 
 
 def pixels(path, convert=to_rgb, what: str = "image") -> np.ndarray:

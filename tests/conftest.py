@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from configs import get_preset
-from model import build_encoder, build_latent, build_unet
+from model.patchdm import build_encoder, build_latent, build_unet
 from tests.helpers import photo, snapshot
 
 

@@ -5,11 +5,12 @@ import copy
 import pytest
 import torch
 
-from diffusion import canvas_eps, ddim_sample_canvas, default_schedule
-from model import Denoiser, build_patchdm, build_unet
-from model.canvas import shifted_canvas_eps
-from model.collage import pad_half, split, stitch, window_crop, wrap_axes
-from model.collages import collage_mode, pixel_shift
+from model.patchdm.api import canvas_eps, ddim_sample_canvas
+from diffusion import make_process
+from model.patchdm import Denoiser, Window, build_patchdm, build_unet
+from model.patchdm.canvas import shifted_canvas_prediction
+from model.patchdm.grid import pad_half, split, stitch, window_crop, wrap_axes
+from model.patchdm.modes import collage_mode, pixel_shift
 
 P = 8
 
@@ -60,8 +61,8 @@ def test_feature_collage_couples_patches_but_collage_none_does_not(tiny_unet):
     y[..., :P, :P] += 1.0  # perturb image patch (0, 0)
     for shifted, coupled in ((False, True), (True, False)):
         if shifted:
-            a = shifted_canvas_eps(tiny_unet, x, t, code, P, (0, 0))
-            b = shifted_canvas_eps(tiny_unet, y, t, code, P, (0, 0))
+            a = shifted_canvas_prediction(tiny_unet, x, t, code, P, (0, 0))
+            b = shifted_canvas_prediction(tiny_unet, y, t, code, P, (0, 0))
         else:
             a, b = canvas_eps(tiny_unet, x, t, code, P), canvas_eps(tiny_unet, y, t, code, P)
         changed = (a - b).abs().amax(dim=1)[0]
@@ -70,11 +71,11 @@ def test_feature_collage_couples_patches_but_collage_none_does_not(tiny_unet):
         assert (outside.max() > 1e-3) == coupled
 
 
-def test_shifted_canvas_eps_is_the_plain_network_on_each_shifted_patch(tiny_unet):
+def test_shifted_canvas_prediction_is_the_plain_network_on_each_shifted_patch(tiny_unet):
     x = torch.randn(2, 3, 2 * P, 3 * P, generator=torch.Generator().manual_seed(2))
     t, code = torch.tensor([100, 700]), _codes(2)
     # half-patch shift: the padded grid at integer positions, as the official un-shifted pass
-    eps = shifted_canvas_eps(tiny_unet, x, t, code, P, (P // 2, P // 2))
+    eps = shifted_canvas_prediction(tiny_unet, x, t, code, P, (P // 2, P // 2))
     patches = split(pad_half(x, P), P)
     rows, cols = 3, 4
     r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
@@ -82,7 +83,7 @@ def test_shifted_canvas_eps_is_the_plain_network_on_each_shifted_patch(tiny_unet
     want = stitch(tiny_unet(patches, t.repeat_interleave(12), pos, code.repeat_interleave(12, 0)), (rows, cols))
     assert (eps - want[..., P // 2:-P // 2, P // 2:-P // 2]).abs().max() < 1e-4
     # any shift: one patch by hand, the one whose top-left is image pixel (8 - 3, 8 - 5), position (1+1/2-3/8, ...)
-    eps = shifted_canvas_eps(tiny_unet, x, t, code, P, (3, 5), max_patches=5)
+    eps = shifted_canvas_prediction(tiny_unet, x, t, code, P, (3, 5), max_patches=5)
     one = tiny_unet(x[:1, :, 5:13, 3:11], t[:1], torch.tensor([[1 + 0.5 - 3 / P, 1 + 0.5 - 5 / P]]), code[:1])
     assert (eps[:1, :, 5:13, 3:11] - one).abs().max() < 1e-4
 
@@ -106,8 +107,8 @@ def test_loss_ablations_change_only_their_term(tiny_unet):
     x_win, mask = window_crop(x0, window, P)
 
     def terms(collage, offset=None):
-        return Denoiser(tiny_unet, P, collage).loss_terms(x_win, mask, t, noise, window, code, default_schedule(),
-                                                          offset=offset)
+        return Denoiser(tiny_unet, P, collage).loss_terms(Window(x_win, mask, noise, window, offset), t, code,
+                                                          make_process())
 
     feat, fixed, rnd, none = terms("feature"), terms("pixel_fixed"), terms("pixel_random", (1, 6)), terms("none")
     assert torch.equal(feat[1], fixed[1]) and torch.equal(feat[1], rnd[1])  # the un-shifted term is untouched
@@ -115,7 +116,7 @@ def test_loss_ablations_change_only_their_term(tiny_unet):
     assert torch.equal(none[0], fixed[0]) and not none[1].any()
     assert torch.equal(terms("pixel_random", (P // 2, P // 2))[0], fixed[0])
     # pixel_fixed's shift term is the plain network on the window's centre patch at (row + 1/2, col + 1/2)
-    xt = default_schedule().q_sample(x_win, t, noise) * mask
+    xt = make_process().q_sample(x_win, t, noise) * mask
     pred = tiny_unet(xt[..., 4:12, 4:12], t, torch.tensor([[1.5, 2.5]]).repeat(3, 1), code)
     assert torch.allclose(fixed[0], ((noise[..., 4:12, 4:12] - pred) ** 2).mean(dim=(1, 2, 3)), atol=1e-6)
 
@@ -152,8 +153,8 @@ def test_wrap_makes_the_canvas_a_torus(tiny_unet, wrap, dims):
     plain = canvas_eps(net, torch.roll(x, shifts, dims), t, code, P)
     assert not torch.allclose(plain, torch.roll(canvas_eps(net, x, t, code, P), shifts, dims), atol=1e-3)
     # the pixel-space sampler wraps too
-    a = shifted_canvas_eps(net, torch.roll(x, shifts, dims), t, code, P, (3, 5), wrap=wrap)
-    b = torch.roll(shifted_canvas_eps(net, x, t, code, P, (3, 5), wrap=wrap), shifts, dims)
+    a = shifted_canvas_prediction(net, torch.roll(x, shifts, dims), t, code, P, (3, 5), wrap=wrap)
+    b = torch.roll(shifted_canvas_prediction(net, x, t, code, P, (3, 5), wrap=wrap), shifts, dims)
     assert (a - b).abs().max() < 1e-4
 
 

@@ -6,8 +6,9 @@ import types
 import pytest
 import torch
 
-from diffusion import canvas_eps
-from model import CheckpointError, load_official_checkpoint
+from model.patchdm.api import canvas_eps
+from runtime.errors import CheckpointError
+from model.patchdm import load_official_checkpoint
 from tests.helpers import DATA, lightning_file, synthetic_state
 
 @pytest.mark.slow
@@ -170,8 +171,8 @@ def test_untied_latent_linear_is_refused(tmp_path):
 def test_files_written_by_the_first_format_still_load(tmp_path, capsys):
     """tests/data/v1: a train.py and a train_latent.py checkpoint written by commit 57a99bd (tiny preset with 8-d
     codes), and what that version computed from them (expected.pt). They load, give the same numbers, and sample."""
-    from diffusion import ddim_sample_latent
-    from model.checkpoint import load
+    from model.patchdm.api import ddim_sample_latent
+    from model import load
     from runtime.errors import run_cli
     from tests.helpers import load_script
     exp = torch.load(DATA / "v1" / "expected.pt", weights_only=True)

@@ -144,8 +144,8 @@ def test_resume_gives_the_same_next_steps(lmdb_path, codes, tmp_path):
     assert _train(lmdb_path, codes, runs, "split", 2) == 0
     assert _train(lmdb_path, codes, runs, "split", 4) == 0
     assert _losses(runs / "split") == _losses(runs / "straight")
-    a = torch.load(runs / "straight" / "checkpoints" / "last.pt", weights_only=True)
-    b = torch.load(runs / "split" / "checkpoints" / "last.pt", weights_only=True)
+    a = torch.load(runs / "straight" / "checkpoints" / "last.pt", weights_only=True)["networks"]["denoiser"]
+    b = torch.load(runs / "split" / "checkpoints" / "last.pt", weights_only=True)["networks"]["denoiser"]
     assert a["step"] == b["step"] == 4
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
 
@@ -223,7 +223,7 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(lmdb_path, codes, tmp_pa
     assert _train(lmdb_path, codes, runs, "exp", 2) == 0
     ckpt = runs / "exp" / "checkpoints" / "last.pt"
     before = ckpt.read_bytes()
-    from model import Denoiser
+    from model.patchdm import Denoiser
     real = Denoiser.loss_terms
 
     def poisoned(*a, **k):
@@ -271,7 +271,8 @@ def test_official_checkpoints_through_the_scripts(tmp_path):
                                        "--runs_dir", str(runs), "--set", "latent.hidden=64",
                                        "latent.num_layers=3"]) == 0
     ck = torch.load(runs / "lat" / "checkpoints" / "last.pt", weights_only=True)
-    assert torch.equal(ck["patch_model"]["encoder.semantic_enc.weight"], sd["encoder.semantic_enc.weight"])
+    assert torch.equal(ck["networks"]["denoiser"]["ema"]["encoder.semantic_enc.weight"],
+                       sd["encoder.semantic_enc.weight"])
     assert run_cli(sample.main, ["-f", str(runs / "lat" / "checkpoints" / "last.pt"), "-g", str(tmp_path / "g2"),
                                  "--img_num", "1", "--image_size", "64x64", "--device", "cpu", "--steps", "1",
                                  "--latent_steps", "1"]) == 0
@@ -295,16 +296,16 @@ def test_torchrun_two_processes_match_one(lmdb_path, codes, tmp_path):
     assert "2 process(es)" in proc.stdout
     assert run_cli(train.main, [*common, "-n", "one"]) == 0
     assert _losses(runs / "ddp") == pytest.approx(_losses(runs / "one"), rel=1e-5)
-    a = torch.load(runs / "ddp" / "checkpoints" / "last.pt", weights_only=True)
-    b = torch.load(runs / "one" / "checkpoints" / "last.pt", weights_only=True)
-    for k in b["model"]:
-        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-5, rtol=1e-4), k
+    a = torch.load(runs / "ddp" / "checkpoints" / "last.pt", weights_only=True)["networks"]["denoiser"]["raw"]
+    b = torch.load(runs / "one" / "checkpoints" / "last.pt", weights_only=True)["networks"]["denoiser"]["raw"]
+    for k in b:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
     assert sorted(p.name for p in (runs / "ddp" / "checkpoints").iterdir()) == ["last.pt"]
 
 
 @pytest.mark.parametrize("fmt", ["jpeg", "raw"])
 def test_windowed_items_equal_cropping_the_full_image(photos, tmp_path, fmt):
-    from model.collage import window_crop
+    from model.patchdm.grid import window_crop, window_region
     out = tmp_path / f"{fmt}.lmdb"
     assert run_cli(img2lmdb.main, ["-i", str(photos), "-o", str(out), "-n", "1", "--config", "tiny",
                                    "--format", fmt]) == 0
@@ -313,7 +314,7 @@ def test_windowed_items_equal_cropping_the_full_image(photos, tmp_path, fmt):
         full, i = data[index]
         assert full.shape == (3, 16, 24) and i == index
         for window in [(0, 0), (1, 2), (0, 1)]:
-            win, j = data[(index, window, 8)]
+            win, j = data[(index, window_region(window, 8))]
             assert j == index and torch.equal(win, window_crop(full[None], window, 8)[0][0])
     if fmt == "raw":  # raw records give the same pixels as re-encoding losslessly would
         png = tmp_path / "png.lmdb"

@@ -36,7 +36,8 @@ def test_ablation_flags_reach_the_config_and_train(lmdb_path, codes, tmp_path):
                                 "none", "--max_steps", "2", "--device", "cpu", "--runs_dir", str(runs)]) == 0
     last = runs / "nocode" / "checkpoints" / "last.pt"
     ck = torch.load(last, weights_only=True)
-    assert ck["config"]["model"]["code_source"] == "none" and not any(k.startswith("encoder.") for k in ck["model"])
+    assert ck["config"]["model"]["code_source"] == "none" and not any(k.startswith("encoder.")
+                                                                        for k in ck["networks"]["denoiser"]["raw"])
     out = tmp_path / "gen"
     assert run_cli(sample.main, ["-f", str(last), "-g", str(out), "--img_num", "2", "--device", "cpu",
                                  "--steps", "2"]) == 0

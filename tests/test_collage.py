@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model.collage import collage, crop_half, grid_positions, pad_half, split, stitch
+from model.patchdm.grid import collage, crop_half, grid_positions, pad_half, split, stitch
 from tests import official_style as ref
 
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from configs import Config, from_dict, get_preset, override, preset_names, to_dict
+from configs import PatchDMConfig, from_dict, get_preset, override, preset_names, to_dict
 
 
 def test_nature_preset_is_the_official_setting():
@@ -46,6 +46,6 @@ def test_override():
     assert c.training.batch_size == 7 and c.model.channel_mult == (1, 2) and c.name == "x"
     assert get_preset("tiny").training.batch_size == 4  # presets are fresh copies
     with pytest.raises(ValueError, match="no config field"):
-        override(Config(), ["training.bogus=1"])
+        override(PatchDMConfig(), ["training.bogus=1"])
     with pytest.raises(ValueError, match="section.field=value"):
-        override(Config(), ["training.lr"])
+        override(PatchDMConfig(), ["training.lr"])

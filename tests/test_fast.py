@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from diffusion import canvas_eps, patch_loss_terms
-from runtime.fast import compiled_parts, speed_up
+from model.patchdm.api import canvas_eps, patch_loss_terms
+from model.patchdm.fast import compiled_parts, speed_up
 
 P = 8
 
@@ -59,9 +59,9 @@ def test_activation_checkpointing_gives_the_same_gradients(tiny_cfg, levels):
     """Non-trivial weights everywhere (the real init's zero output convs would leave all but the output head without a
     gradient) and dropout on, so the recomputed forward must replay the same dropout masks: a recomputation with
     other masks gives other gradients (checked below with another dropout seed)."""
-    from model import build_unet
-    from model.blocks import Checkpointable
-    from runtime.fast import set_checkpointing
+    from model.patchdm import build_unet
+    from model.patchdm.blocks import Checkpointable
+    from model.patchdm.fast import set_checkpointing
     from tests.conftest import randomize
     tiny_cfg.model.dropout = 0.3
     net = randomize(build_unet(tiny_cfg.model), seed=3).train()
@@ -90,8 +90,8 @@ def test_activation_checkpointing_gives_the_same_gradients(tiny_cfg, levels):
 def test_blocks_know_their_resolution_level(tiny_cfg):
     """Encoder: num_res_blocks + a down block per level (none at the last); decoder: num_res_blocks + 1 per level
     plus an up block below the first; the middle at the deepest level."""
-    from model import build_unet
-    from model.blocks import ResBlock
+    from model.patchdm import build_unet
+    from model.patchdm.blocks import ResBlock
     net = build_unet(tiny_cfg.model)
     m = tiny_cfg.model
     levels = len(m.channel_mult)

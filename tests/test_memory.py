@@ -8,9 +8,9 @@ import torch
 
 from benchmarks.memory_estimate import BLOCK, LiveBytes, fake_mode, sampling_peak, training_peak
 from configs import get_preset
-from diffusion import canvas_eps, ddim_sample_canvas
-from model import build_unet
-from runtime.fast import cast_weights
+from model.patchdm.api import canvas_eps, ddim_sample_canvas
+from model.patchdm import build_unet
+from model.patchdm.fast import cast_weights
 
 P = 8
 

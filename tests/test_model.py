@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from configs import get_preset, preset_names
-from model import build_encoder, build_latent, build_unet, count_params
+from model.patchdm import build_encoder, build_latent, build_unet
+from model.common import count_params
 from tests.helpers import DATA, read_tsv
 
 D = 512  # code width of the tiny preset (CLIP width, as every real preset)

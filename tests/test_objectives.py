@@ -8,12 +8,11 @@ import pytest
 import torch
 
 from configs import DiffusionConfig
-from diffusion import ddim, sample_canvas, schedule_from
-from diffusion.flow import FlowSchedule
-from diffusion.inpaint import repaint
-from diffusion.samplers import ddim_update
-from model import Denoiser
-from model.collage import window_crop
+from diffusion import FlowProcess, ddim, repaint
+from diffusion.samplers import one_step
+from model.patchdm import CanvasOptions, Denoiser, Window
+from model.patchdm.grid import window_crop
+from model.patchdm.sampling import image_process, sample_canvas
 from runtime.errors import run_cli
 from tests.helpers import load_script, train_run
 
@@ -22,7 +21,7 @@ OBJECTIVES = ["eps", "v", "flow"]
 
 
 def process(objective):
-    return schedule_from(DiffusionConfig(objective=objective))
+    return image_process(DiffusionConfig(objective=objective))
 
 
 def hand_abar(t):
@@ -52,9 +51,9 @@ def test_loss_target_by_hand(tiny_unet, objective):
         net_t = t
     den = Denoiser(tiny_unet, P)
     with torch.no_grad():
-        mine = den.loss_terms(x0_win, mask, t, noise, window, code, process(objective))
+        mine = den.loss_terms(Window(x0_win, mask, noise, window), t, code, process(objective))
         hand = den.mode.loss_terms(tiny_unet, x_t * mask, target, mask, net_t, window, code, P)
-        eps_terms = den.loss_terms(x0_win, mask, torch.tensor([10, 700]), noise, window, code, process("eps"))
+        eps_terms = den.loss_terms(Window(x0_win, mask, noise, window), torch.tensor([10, 700]), code, process("eps"))
     for a_, b_ in zip(mine, hand):
         assert torch.allclose(a_, b_, rtol=1e-5, atol=1e-7), (objective, mine, hand)
     if objective != "eps":  # the target really changed
@@ -63,9 +62,9 @@ def test_loss_target_by_hand(tiny_unet, objective):
 
 def test_eps_objective_is_the_schedule_of_earlier_versions():
     """The default process is the paper's: eps target, q_sample corruption, integer time input."""
-    from diffusion import default_schedule
+    from diffusion import make_process
     s = process("eps")
-    assert s is default_schedule() and s.prediction == "eps"
+    assert s is make_process() and s.prediction == "eps"
     x0, noise, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.tensor([3, 900])
     assert torch.equal(s.corrupt(x0, t, noise), s.q_sample(x0, t, noise))
     assert s.target(x0, t, noise) is noise and s.net_t(t) is t
@@ -88,7 +87,7 @@ def test_v_to_eps_round_trip():
 
 def oracle(objective, x0):
     """The network output that knows x0: eps, v or the velocity implied by x_t and x0 at the network time t."""
-    def fn(x_t, t):
+    def fn(x_t, t, i=None):
         if objective == "flow":
             s = (t.float() / 1000)[:, None, None, None]
             return (x_t - (1 - s) * x0) / s - x0
@@ -108,7 +107,7 @@ def test_oracle_sampling_returns_x0(objective, clip, steps):
 
 
 def test_flow_step_is_euler_and_clipping_only_thresholds():
-    s = FlowSchedule(4)
+    s = FlowProcess(4)
     x, v = torch.randn(1, 3, 4, 4) * 0.1, torch.randn(1, 3, 4, 4) * 0.1
     assert torch.allclose(s.step(x, 3, v, clip_x0=False), x - 0.25 * v)
     assert torch.allclose(s.step(x, 3, v, clip_x0=True), x - 0.25 * v, atol=1e-6)  # nothing to clip
@@ -118,7 +117,7 @@ def test_flow_step_is_euler_and_clipping_only_thresholds():
 
 def test_flow_renoise_keeps_the_marginal():
     """RePaint's re-noising goes from t = i/N back to (i + 1)/N with the path's own marginal."""
-    s = FlowSchedule(5)
+    s = FlowProcess(5)
     g = torch.Generator().manual_seed(0)
     x0 = torch.full((200_000,), 0.3)
     i = 2
@@ -135,9 +134,9 @@ def test_banded_streamed_sampling_equals_all_at_once(tiny_unet64, objective, w, 
     sched = process(objective).respace(4)
     den = Denoiser(tiny_unet64, P)
     x_T, code = torch.randn(2, 3, 40, 16, dtype=torch.float64), torch.randn(2, D, dtype=torch.float64)
-    a = sample_canvas(den, x_T, code, sched, w)
-    b = sample_canvas(den, x_T, code, sched, w, band_rows=band)
-    c = sample_canvas(den, x_T, code, sched, w, wrap="x")
+    a = sample_canvas(den, x_T, code, sched, opts=CanvasOptions(w))
+    b = sample_canvas(den, x_T, code, sched, opts=CanvasOptions(w, band_rows=band))
+    c = sample_canvas(den, x_T, code, sched, opts=CanvasOptions(w, wrap="x"))
     assert (a - b).abs().max() < 1e-9  # float64: rounding is far below a band bug
     assert (a - c).abs().max() > 1e-2  # wrap changes the canvas edges: it ran
 
@@ -147,9 +146,9 @@ def test_banded_streamed_sampling_equals_all_at_once(tiny_unet64, objective, w, 
 def test_ablation_samplers_follow_the_objective(tiny_unet64, objective, collage):
     den = Denoiser(tiny_unet64, P, collage)
     x_T, code = torch.randn(1, 3, 16, 24, dtype=torch.float64), torch.randn(1, D, dtype=torch.float64)
-    out = sample_canvas(den, x_T, code, process(objective).respace(3), seed=1)
-    eps_out = sample_canvas(den, x_T, code, process("eps").respace(3), seed=1)
-    banded = sample_canvas(den, x_T, code, process(objective).respace(3), seed=1, band_rows=1)
+    out = sample_canvas(den, x_T, code, process(objective).respace(3), opts=CanvasOptions(seed=1))
+    eps_out = sample_canvas(den, x_T, code, process("eps").respace(3), opts=CanvasOptions(seed=1))
+    banded = sample_canvas(den, x_T, code, process(objective).respace(3), opts=CanvasOptions(seed=1, band_rows=1))
     assert torch.isfinite(out).all() and (out - eps_out).abs().max() > 1e-3
     assert (out - banded).abs().max() < 1e-9
 
@@ -160,7 +159,7 @@ def test_repaint_keeps_known_pixels_for_every_objective(objective):
     x0 = torch.rand(1, 3, 16, 24) * 2 - 1
     mask = torch.zeros(1, 1, 16, 24)
     mask[..., :, :12] = 1
-    step = ddim_update(oracle(objective, x0), sched)
+    step = one_step(oracle(objective, x0), sched)
     out = repaint(step, torch.randn(1, 3, 16, 24), sched, x0, mask, resample=2)
     assert torch.equal(out[..., :12], x0[..., :12])
     assert torch.allclose(out, x0, atol=1e-3)  # the oracle also fills the rest with x0
@@ -179,7 +178,7 @@ def trained(lmdb_path, codes, tmp_path_factory):
 def test_objective_is_stored_and_followed_by_test_py(trained, tmp_path):
     """train -> sample per objective through the CLIs: test.py reads the objective from the checkpoint (its images
     are the ones the stored objective's process gives, and differ from what the eps process would give)."""
-    from model.checkpoint import load
+    from model import load
     test = load_script("test")
     for objective, ckpt in trained.items():
         bundle = load(ckpt, raw=True)
@@ -192,7 +191,7 @@ def test_objective_is_stored_and_followed_by_test_py(trained, tmp_path):
         code = bundle.net.codes(None, torch.tensor([1]))
         den = Denoiser(bundle.net, bundle.cfg.model.patch_size)
         with torch.no_grad():
-            mine = sample_canvas(den, x_T[None], code, schedule_from(bundle.cfg.diffusion).respace(4))
+            mine = sample_canvas(den, x_T[None], code, image_process(bundle.cfg.diffusion).respace(4))
             other = sample_canvas(den, x_T[None], code, process("flow" if objective == "eps" else "eps").respace(4))
         as_png = lambda x: ((x[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().numpy()  # noqa: E731
         assert np.abs(as_png(mine) - png).max() <= 1
@@ -253,7 +252,8 @@ def latent_abar(t):
 
 @pytest.mark.parametrize("objective", ["eps", "v"])
 def test_latent_loss_target_by_hand(objective):
-    from diffusion import latent_loss, latent_schedule
+    from model.patchdm.api import latent_loss
+    from diffusion import constant_beta_process
     g = torch.Generator().manual_seed(5)
     z0, noise = torch.randn(4, 16, generator=g) * 3, torch.randn(4, 16, generator=g)
     t = torch.tensor([0, 10, 500, 999])
@@ -263,32 +263,35 @@ def test_latent_loss_target_by_hand(objective):
     z_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
     target = noise if objective == "eps" else a.sqrt() * noise - (1 - a).sqrt() * z0
     hand = (target - net(z_t, t)).abs().mean()
-    mine = latent_loss(net, z0, t, noise, latent_schedule(prediction=objective))
+    mine = latent_loss(net, z0, t, noise, constant_beta_process(prediction=objective))
     assert torch.allclose(mine, hand, rtol=1e-5), (mine, hand)
     if objective == "v":
-        assert not torch.allclose(mine, latent_loss(net, z0, t, noise, latent_schedule()), rtol=1e-3)
+        assert not torch.allclose(mine, latent_loss(net, z0, t, noise, constant_beta_process()), rtol=1e-3)
 
 
 @pytest.mark.parametrize("objective", ["eps", "v"])
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m"])
 def test_latent_oracle_returns_the_code(objective, sampler):
     """An MLP that knows z0 (its eps or v for the latent schedule) is sampled back to z0, without clipping."""
-    from diffusion import ddim_sample_latent, latent_schedule
+    from model.patchdm.api import ddim_sample_latent
+    from diffusion import constant_beta_process
     z0 = torch.randn(3, 16) * 4  # codes are not in [-1, 1]: the latent sampler must not clip
 
-    def fn(z_t, t):
+    def fn(z_t, t, i=None):
         a = torch.tensor(latent_abar(t.numpy()), dtype=torch.float32)[:, None]
         eps = (z_t - a.sqrt() * z0) / (1 - a).sqrt()
         return eps if objective == "eps" else a.sqrt() * eps - (1 - a).sqrt() * z0
-    out = ddim_sample_latent(fn, torch.randn(3, 16), 20, latent_schedule(prediction=objective), sampler=sampler)
+    out = ddim_sample_latent(fn, torch.randn(3, 16), 20, constant_beta_process(prediction=objective), sampler=sampler)
     assert torch.allclose(out, z0, atol=1e-3), (out - z0).abs().max()
 
 
 def test_latent_objective_is_stored_and_followed_by_test_py(trained, tmp_path, monkeypatch):
     """train_latent.py --objective v: the full checkpoint records it, and test.py samples the codes through the v
     schedule (it hands the latent sampler a v schedule, and its image is the one made from the v-sampled code)."""
-    from diffusion import ddim_sample_latent, latent_schedule
-    from model.checkpoint import load
+    from diffusion import constant_beta_process
+    from model import load
+    from model.patchdm import sampling as patchdm_sampling
+    from model.patchdm.api import ddim_sample_latent
     tl, test = load_script("train_latent"), load_script("test")
     runs = tmp_path / "runs"
     assert run_cli(tl.main, ["-m", str(trained["v"]), "-n", "lat", "--max_steps", "3", "--device", "cpu",
@@ -301,7 +304,7 @@ def test_latent_objective_is_stored_and_followed_by_test_py(trained, tmp_path, m
     def spy(net, z_T, steps, schedule, **kw):
         seen.append(schedule.prediction)
         return ddim_sample_latent(net, z_T, steps, schedule, **kw)
-    monkeypatch.setattr(test, "ddim_sample_latent", spy)
+    monkeypatch.setattr(patchdm_sampling, "sample_codes", spy)
     out = tmp_path / "imgs"
     assert run_cli(test.main, ["-f", str(full), "-g", str(out), "--img_num", "1", "--raw", "--device", "cpu",
                                "--steps", "3", "--bands", "off"]) == 0
@@ -311,9 +314,9 @@ def test_latent_objective_is_stored_and_followed_by_test_py(trained, tmp_path, m
     lc = b.cfg.latent
     with torch.no_grad():
         code = ddim_sample_latent(b.latent, z_T[None], b.cfg.sampling.latent_steps,
-                                  latent_schedule(lc.num_timesteps, lc.beta, "v"))
+                                  constant_beta_process("v", lc.num_timesteps, lc.beta))
         x = sample_canvas(Denoiser(b.net, b.cfg.model.patch_size), x_T[None], code,
-                          schedule_from(b.cfg.diffusion).respace(3))
+                          image_process(b.cfg.diffusion).respace(3))
     assert np.abs(((x[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().numpy() - png).max() <= 1
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from configs import get_preset
-from diffusion import canvas_eps, ddim_sample_canvas
-from model import build_unet
+from model.patchdm.api import canvas_eps, ddim_sample_canvas
+from model.patchdm import build_unet
 from tests.conftest import randomize
 
 D = 512  # code width of the tiny preset (CLIP width, as every real preset)

@@ -1,4 +1,4 @@
-"""The fast samplers (diffusion/solvers.py): oracle models, the exact ODE solution of a Gaussian toy, diffusers'
+"""The fast samplers (diffusion/samplers.py, dpm_solver.py): oracle models, the exact ODE solution of a Gaussian toy, diffusers'
 DPM-Solver++ where it is installed, banded = whole, and the command-line rules."""
 
 import numpy as np
@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from configs import DiffusionConfig
-from diffusion import sample_canvas, schedule_from
-from diffusion.samplers import run_steps
-from diffusion.solvers import make_update, sampling_schedule, spacing
-from model import Denoiser
+from diffusion import make_step, run_steps, spacing
+from model.patchdm import CanvasOptions, Denoiser
+from model.patchdm.sampling import image_process, sample_canvas, sampling_process
 from runtime.errors import run_cli
 from tests.helpers import load_script
 
@@ -20,11 +19,11 @@ CASES = [(o, s) for o in ("eps", "v") for s in VP_SAMPLERS] + [("flow", s) for s
 
 
 def process(objective, sampler, steps, how=None):
-    return sampling_schedule(DiffusionConfig(objective=objective), sampler, steps, how)
+    return sampling_process(DiffusionConfig(objective=objective), sampler, steps, how)
 
 
 def abar_at(t):
-    return schedule_from(DiffusionConfig()).alphas_cumprod[t].float()
+    return image_process(DiffusionConfig()).alphas_cumprod[t].float()
 
 
 def alpha_sigma_at(objective, t):
@@ -49,7 +48,7 @@ def output_for(objective, x_t, t, x0):
 
 def sample(objective, sampler, steps, model, x_T, clip=True, how=None):
     sched = process(objective, sampler, steps, how)
-    return run_steps(make_update(sampler, model, sched=sched, clip_x0=clip), x_T.clone(), sched)
+    return run_steps(make_step(sampler, sched, lambda x, t, i: model(x, t), clip_x0=clip), x_T.clone(), sched)
 
 
 @pytest.mark.parametrize("objective,sampler", CASES)
@@ -161,9 +160,9 @@ def test_banded_equals_whole(tiny_unet64, objective, sampler, band):
     den = Denoiser(tiny_unet64, P)
     x_T, code = torch.randn(2, 3, 40, 16, dtype=torch.float64), torch.randn(2, D, dtype=torch.float64)
     sched = process(objective, sampler, 5)
-    a = sample_canvas(den, x_T, code, sched, sampler=sampler)
-    b = sample_canvas(den, x_T, code, sched, band_rows=band, sampler=sampler)
-    c = sample_canvas(den, x_T, code, sched, 0.5, band_rows=band, sampler=sampler)
+    a = sample_canvas(den, x_T, code, sched, sampler)
+    b = sample_canvas(den, x_T, code, sched, sampler, CanvasOptions(band_rows=band))
+    c = sample_canvas(den, x_T, code, sched, sampler, CanvasOptions(0.5, band_rows=band))
     assert (a - b).abs().max() < 1e-9  # float64 rounding; a band bug (a stale history band) is O(0.1)
     assert (a - c).abs().max() > 1e-2  # guidance reaches the solver
 
@@ -217,19 +216,19 @@ def test_spacings_endpoints(steps):
     """linspace: N steps from T - 1 down to about (T - 1)/N (diffusers'); linspace0 and logsnr (the solvers'
     default; its grid is checked against diffusers' in test_dpmpp_matches_diffusers): N distinct steps from T - 1
     down to 0; all keep alpha_bar at the kept timesteps; an unknown spacing is refused."""
-    full = schedule_from(DiffusionConfig())
+    full = image_process(DiffusionConfig())
     for how, last in (("linspace", round(999 / steps)), ("linspace0", 0 if steps > 1 else 999)):
         sched = full.respace(steps, how)
         keep = sched.timestep_map
         assert len(keep) == steps and keep[-1] == 999 and keep[0] == last, (how, keep)
         assert np.allclose(sched.alphas_cumprod, full.alphas_cumprod[keep])
-        assert sampling_schedule(DiffusionConfig(), "dpmpp2m", steps, how).timestep_map == keep
+        assert sampling_process(DiffusionConfig(), "dpmpp2m", steps, how).timestep_map == keep
     sched = full.respace(steps, "logsnr")
     keep = sched.timestep_map
     assert len(keep) == steps and keep[-1] == 999 and keep[0] == (0 if steps > 1 else 999), keep
     assert keep == sorted(set(keep))
     assert np.allclose(sched.alphas_cumprod, full.alphas_cumprod[keep])
-    assert sampling_schedule(DiffusionConfig(), "dpmpp2m", steps).timestep_map == keep  # the solvers' default
+    assert sampling_process(DiffusionConfig(), "dpmpp2m", steps).timestep_map == keep  # the solvers' default
     assert full.respace(1000, "logsnr").timestep_map == list(range(1000))  # crowded at t = 0, still distinct
     with pytest.raises(ValueError, match="logsnr"):
         full.respace(10, "trailing")

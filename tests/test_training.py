@@ -71,12 +71,13 @@ def test_optimizer_step_clips_then_calls_the_hook_then_steps():
 
 
 def test_sampling_uses_the_ema_weights_by_default(lmdb_path, codes, tmp_path):
-    from model.checkpoint import load
+    from model import load
     runs = tmp_path / "runs"
     assert train_run(lmdb_path, codes, runs, "exp", 3, "--set", "training.ema_decay=0.5") == 0
     ck = torch.load(runs / "exp" / "checkpoints" / "last.pt", weights_only=True)
     key = "out.2.weight"
-    assert not torch.equal(ck["ema"][key], ck["model"][key])
-    assert torch.equal(load(runs / "exp" / "checkpoints" / "last.pt").net.state_dict()[key], ck["ema"][key])
+    den = ck["networks"]["denoiser"]
+    assert not torch.equal(den["ema"][key], den["raw"][key])
+    assert torch.equal(load(runs / "exp" / "checkpoints" / "last.pt").net.state_dict()[key], den["ema"][key])
     assert torch.equal(load(runs / "exp" / "checkpoints" / "last.pt", raw=True).net.state_dict()[key],
-                       ck["model"][key])
+                       den["raw"][key])

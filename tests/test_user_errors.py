@@ -238,19 +238,19 @@ def test_young_emas_are_reported_where_they_are_sampled(young_full, tmp_path, ca
 
 
 def test_raw_means_raw_weights_for_every_network(young_full):
-    from model.checkpoint import load
-    trained = torch.load(young_full / "exp" / "checkpoints" / "last.pt", weights_only=True)
-    full = torch.load(young_full / "lat" / "checkpoints" / "last.pt", weights_only=True)
+    from model import load
+    trained = torch.load(young_full / "exp" / "checkpoints" / "last.pt", weights_only=True)["networks"]["denoiser"]
+    full = torch.load(young_full / "lat" / "checkpoints" / "last.pt", weights_only=True)["networks"]["code_ddpm"]
     raw, ema = load(young_full / "lat" / "checkpoints" / "last.pt", raw=True), \
         load(young_full / "lat" / "checkpoints" / "last.pt")
     key = "out.2.weight"  # the output conv: the only U-Net weight that two steps from the zero init move
-    assert not torch.equal(trained["model"][key], trained["ema"][key])  # two steps moved the raw weights
-    assert torch.equal(raw.net.state_dict()[key], trained["model"][key])
+    assert not torch.equal(trained["raw"][key], trained["ema"][key])  # two steps moved the raw weights
+    assert torch.equal(raw.net.state_dict()[key], trained["raw"][key])
     assert torch.equal(ema.net.state_dict()[key], trained["ema"][key])
     lat = "layers.0.linear.weight"
-    assert torch.equal(raw.latent.state_dict()[lat], full["latent_raw"][lat])
-    assert torch.equal(ema.latent.state_dict()[lat], full["latent"][lat])
-    assert not torch.equal(full["latent_raw"][lat], full["latent"][lat])
+    assert torch.equal(raw.latent.state_dict()[lat], full["raw"][lat])
+    assert torch.equal(ema.latent.state_dict()[lat], full["ema"][lat])
+    assert not torch.equal(full["raw"][lat], full["ema"][lat])
 
 
 # ----------------------------------------------------------------------------------------------- train.py
@@ -276,7 +276,7 @@ def test_images_smaller_than_the_preset_are_refused(lmdb_path, codes, tmp_path, 
 
 
 def test_a_failed_start_leaves_no_run_folder(lmdb_path, codes, tmp_path, capsys, monkeypatch):
-    from model import Denoiser
+    from model.patchdm import Denoiser
     real = Denoiser.loss_terms
 
     def poisoned(*a, **k):
@@ -328,7 +328,7 @@ def test_resume_refuses_a_change_of_meaning_unless_asked(lmdb_path, codes, tmp_p
 def test_ctrl_c_saves_and_the_resumed_run_equals_the_straight_one(lmdb_path, codes, tmp_path, capsys, monkeypatch):
     runs = tmp_path / "runs"
     assert train_run(lmdb_path, codes, runs, "straight", 4) == 0
-    import training.patchdm as trainer
+    import training.loop as trainer
     real, calls = trainer.optimizer_step, []
 
     def interrupt_at_second_step(*a, **k):
@@ -340,7 +340,7 @@ def test_ctrl_c_saves_and_the_resumed_run_equals_the_straight_one(lmdb_path, cod
     monkeypatch.setattr(trainer, "optimizer_step", interrupt_at_second_step)
     assert train_run(lmdb_path, codes, runs, "cut", 4) == 130
     assert "stopped at step 2; saved" in capsys.readouterr().err
-    assert torch.load(runs / "cut" / "checkpoints" / "last.pt", weights_only=True)["step"] == 2
+    assert torch.load(runs / "cut" / "checkpoints" / "last.pt", weights_only=True)["networks"]["denoiser"]["step"] == 2
     monkeypatch.setattr(trainer, "optimizer_step", real)
     assert train_run(lmdb_path, codes, runs, "cut", 4) == 0
     straight = [json.loads(line) for line in (runs / "straight" / "stats.jsonl").read_text().splitlines()]

@@ -1,2 +1,2 @@
-"""Training: the loop pieces both trainers share (loop), the Patch-DM trainer (patchdm), the latent-DDPM trainer
-(latent), the random draws of a step (draws), the EMA (ema) and resuming (resume)."""
+"""Training, for every model family: the one loop (loop: Task, Trainer, LoopSettings), the run folder (run), the
+checkpoint format (checkpoint), loss bookkeeping (meter), the EMA (ema) and what a resumed run may change (resume)."""

@@ -1,15 +1,99 @@
-"""The pieces of a training loop that both trainers use: the optimizer step, the run folder's lifecycle, and a
-Ctrl-C that stops at a step boundary with the checkpoint saved."""
+"""The one training loop of the project: every trainer (Patch-DM's denoiser and code DDPM, and any family to come)
+is a ``Task`` run by ``Trainer``.
+
+Written once here: the run folder (created, locked against a second launch, removed after a failed start), the
+progress bar, Ctrl-C that saves and stops at a step boundary, a non-finite loss that stops without saving, a
+stats.jsonl row of every loss term (and the loss by timestep quartile) every ``log_every`` steps, the EMA, the
+optimizer step with gradient clipping, previews and checkpoints at their cadence, exact resume, and torchrun (DDP
+around the task's loss module; only rank 0 writes). A task (EDM2's network + loss + dataset, as one object) supplies
+what differs: the network and its optimizer, a step's batch, the loss terms, previews and the checkpoint's other
+contents.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import shutil
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
+from tqdm import tqdm
 
-from runtime.errors import GracefulStop
+from configs import to_dict
+from runtime import dist as D
+from runtime.device import autocast
+from runtime.errors import CLIError, GracefulStop
+from runtime.files import JsonlLog, atomic_write_text
+from . import checkpoint as C
+from .ema import EMA
+from .meter import Meter, total
+from .run import RunFolder
+
+
+@dataclass
+class LoopSettings:
+    """How long and how a task is trained: steps, the global batch (samples per step), the step cadences of
+    checkpoints, previews (0: none) and log rows, gradient clipping, autocast precision, EMA decay; desc and unit
+    label the progress bar and the throughput column (<unit>_per_s)."""
+    max_steps: int
+    batch_size: int
+    save_every: int
+    preview_every: int = 0
+    log_every: int = 50
+    grad_clip: float = 1.0
+    precision: str = "fp32"
+    ema_decay: float = 0.9999
+    desc: str = "train"
+    unit: str = "images"
+
+
+class Task:
+    """What a model family gives the loop. Subclasses set ``name`` (the trained network's name in the checkpoint),
+    ``family``, ``network`` (an nn.Module, raw weights) and ``config`` (the run's config, saved as config.json and in
+    the checkpoint), and implement the methods below that apply."""
+
+    name = family = ""
+    network: nn.Module
+    config = None
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def loss_module(self) -> nn.Module:
+        """A module whose forward(**batch) returns the loss terms {name: scalar or per-sample (B,) tensor}; the
+        loss is the sum of their means. It owns ``network``, so DDP sees every parameter use."""
+        raise NotImplementedError
+
+    def batch(self, step: int) -> tuple:
+        """(batch, events) of this rank at ``step``: keyword arguments of the loss module, as a function of the run
+        seed and the step only (exact resume), and dicts to log as stats.jsonl rows of their own."""
+        raise NotImplementedError
+
+    def quartile(self, batch) -> torch.Tensor | None:
+        """Each sample's loss-time quartile (B,) in 0..3 for the loss-by-quartile column, or None."""
+        return None
+
+    def after_clip(self) -> None:
+        """Called between gradient clipping and the optimizer step."""
+
+    def preview(self, ema_network: nn.Module, step: int) -> None:
+        """Write a preview of the EMA network (main process only)."""
+
+    def row_extra(self) -> dict:
+        """Values added to every log row."""
+        return {}
+
+    def describe(self, start: int) -> str:
+        return f"{self.name}: from step {start}"
+
+    def checkpoint_base(self) -> dict:
+        """The checkpoint without the trained network's entry and training state (the loop adds those): a
+        checkpoint.make(...) dict with the family's other networks and extra values."""
+        return C.make(self.family, self.config_dict(), {})
+
+    def config_dict(self) -> dict:
+        return to_dict(self.config)
 
 
 def optimizer_step(params, opt, scaler, loss, grad_clip: float, after_clip=None) -> torch.Tensor:
@@ -25,20 +109,6 @@ def optimizer_step(params, opt, scaler, loss, grad_clip: float, after_clip=None)
     scaler.step(opt)
     scaler.update()
     return grad_norm
-
-
-@contextlib.contextmanager
-def run_folder(run: Path, ckpt_path: Path, main: bool = True):
-    """A run folder that a failed start does not leave behind: when this call creates ``run`` and stops (error or
-    Ctrl-C) before its first checkpoint exists, the folder is removed again (everything in it was written by this
-    call, and nothing can be resumed from it)."""
-    new = not run.exists()
-    try:
-        yield run
-    except BaseException:
-        if main and new and run.exists() and not ckpt_path.exists():
-            shutil.rmtree(run)
-        raise
 
 
 class StepLoop(GracefulStop):
@@ -63,3 +133,94 @@ class StepLoop(GracefulStop):
             save()
             raise KeyboardInterrupt(f"stopped at step {step}; saved {self.ckpt_path}: re-run the same command to "
                                     "resume")
+
+
+class Trainer:
+    """One task trained in the run folder ``run`` (checkpoints/last.pt, config.json, stats.jsonl), resumed from the
+    checkpoint dict ``resume`` when given (its entry of the task's network and its training state)."""
+
+    def __init__(self, task: Task, settings: LoopSettings, run, device, d: D.Dist = D.Dist(), resume=None):
+        self.task, self.s, self.run, self.device, self.d = task, settings, Path(run), device, d
+        self.ckpt_path = self.run / "checkpoints" / "last.pt"
+        self.net = task.network
+        self.ema = EMA(self.net, settings.ema_decay)
+        self.opt = task.optimizer()
+        self.scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
+        self.step, self.samples = 0, 0
+        if resume is not None:
+            self.restore(resume)
+        module = task.loss_module()
+        if d.enabled:
+            module = nn.parallel.DistributedDataParallel(
+                module, device_ids=[device.index] if device.type == "cuda" else None)
+        self.module = module
+
+    def restore(self, ck: dict) -> None:
+        entry = ck["networks"][self.task.name]
+        self.net.load_state_dict(entry["raw"])
+        self.ema.load_state_dict(entry["ema"])
+        self.opt.load_state_dict(ck["training"]["opt"])
+        self.scaler.load_state_dict(ck["training"]["scaler"])
+        self.step = entry["step"]
+        self.samples = entry["samples"] if entry["samples"] is not None else self.step * self.s.batch_size
+
+    def save(self) -> None:
+        ck = self.task.checkpoint_base()
+        ck["networks"][self.task.name] = C.network_entry(self.net.state_dict(), self.ema.state_dict(), self.step,
+                                                         self.samples)
+        ck["training"] = {"network": self.task.name, "opt": self.opt.state_dict(), "scaler": self.scaler.state_dict()}
+        C.save(ck, self.ckpt_path)
+
+    def run_loop(self) -> int:
+        """Train to ``max_steps``; returns the final step."""
+        with RunFolder(self.run, self.ckpt_path, self.d.main), StepLoop(self.ckpt_path, self.d.world == 1) as stop:
+            return self._loop(stop)
+
+    def _stop_nonfinite(self, e) -> CLIError:
+        return CLIError(f"{e}; stopping without saving. The last good checkpoint is {self.ckpt_path}"
+                        + ("" if self.ckpt_path.exists() else " (none yet)"))
+
+    def _loop(self, stop) -> int:
+        s, d, task, net = self.s, self.d, self.task, self.net
+        if d.main:
+            atomic_write_text(json.dumps(task.config_dict(), indent=2), self.run / "config.json")
+            print(task.describe(self.step))
+        log, meter = JsonlLog(self.run / "stats.jsonl"), Meter(self.device)
+        bar = tqdm(total=s.max_steps, initial=self.step, disable=not d.main, desc=s.desc, unit="step",
+                   dynamic_ncols=True)
+        while self.step < s.max_steps:
+            stop.check(self.step, self.save, bar)
+            batch, events = task.batch(self.step)
+            if d.main:
+                for event in events:
+                    log.write(step=self.step, **event)
+            net.train()
+            with autocast(self.device, s.precision):
+                terms = self.module(**batch)
+            loss = total(terms)
+            grad_norm = optimizer_step(net.parameters(), self.opt, self.scaler, loss, s.grad_clip, task.after_clip)
+            self.ema.update(net)
+            meter.add({k: v.detach() for k, v in terms.items()}, loss.detach(), task.quartile(batch))
+            self.step += 1
+            self.samples += s.batch_size
+            bar.update(1)
+            last = self.step == s.max_steps
+            if self.step % s.log_every == 0 or last:
+                try:
+                    row = meter.row(d, self.step, self.samples, s.batch_size, s.unit)
+                except FloatingPointError as e:
+                    raise self._stop_nonfinite(e) from None
+                row.update(grad_norm=float(grad_norm), lr=self.opt.param_groups[0]["lr"],
+                           scale=self.scaler.get_scale() if self.scaler.is_enabled() else 1.0, **task.row_extra())
+                if d.main:
+                    log.write(**row)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", ips=f"{row[s.unit + '_per_s']:.1f}")
+            if d.main and s.preview_every and (self.step % s.preview_every == 0 or last):
+                task.preview(self.ema.model, self.step)
+            if self.step % s.save_every == 0 or last:
+                if meter.nonfinite(d):  # never save weights a non-finite step has touched
+                    raise self._stop_nonfinite(f"non-finite loss before step {self.step}")
+                if d.main:
+                    self.save()
+        bar.close()
+        return self.step

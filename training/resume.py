@@ -1,4 +1,4 @@
-"""Resuming a run: what may change when the same command is run again, and restoring the training state."""
+"""Resuming a run: what may change when the same command is run again (the loop restores the state itself)."""
 
 from __future__ import annotations
 
@@ -34,12 +34,13 @@ def _described(changes) -> str:
 FIXED_ON_RESUME = ("name", "model", "data.image_size")
 
 
-def compatible_or_raise(ckpt: dict, cfg, fmt: str, path, free=None, allowed=()) -> None:
-    """Refuse to resume a checkpoint of another format, architecture or image size, naming the fields. With ``free``
-    (sections or fields that may change: how long and how the run executes), every other change of meaning (batch
-    size, precision, learning rate, seed, ...) is refused too, unless its field is in ``allowed``."""
-    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
-        raise CLIError(f"{path} is not a {fmt} checkpoint of this project")
+def compatible_or_raise(ckpt: dict, cfg, path, free=None, allowed=()) -> None:
+    """Refuse to resume a checkpoint (a v2 dict) of another family, architecture or image size, naming the fields.
+    With ``free`` (sections or fields that may change: how long and how the run executes), every other change of
+    meaning (batch size, precision, learning rate, seed, ...) is refused too, unless its field is in ``allowed``."""
+    if ckpt.get("family") != cfg.family:
+        raise CLIError(f"{path} is a checkpoint of the {ckpt.get('family')} family, not {cfg.family}; use another "
+                       "--name")
     changes = config_changes(from_dict(ckpt["config"]), cfg)  # fields added since the checkpoint take defaults
     fixed = [c for c in changes if _within(c[0], FIXED_ON_RESUME)]
     if fixed:
@@ -54,11 +55,3 @@ def compatible_or_raise(ckpt: dict, cfg, fmt: str, path, free=None, allowed=()) 
                        f"means; leave them out to continue as before, pass --allow_change {names} to change them, "
                        "or use another --name")
 
-
-def restore_training(ckpt: dict, model, ema, opt, scaler, model_key: str, ema_key: str) -> int:
-    """Load model, EMA, optimizer and scaler states from a checkpoint dict; returns its step."""
-    model.load_state_dict(ckpt[model_key])
-    ema.load_state_dict(ckpt[ema_key])
-    opt.load_state_dict(ckpt["opt"])
-    scaler.load_state_dict(ckpt["scaler"])
-    return ckpt["step"]

@@ -103,7 +103,7 @@ def train_all(work: Path, lmdb: Path, codes: Path, out: Path = HERE) -> dict:
                        "--max_steps", "20", "--log_every", "1", "--device", "cpu", "--runs_dir", runs, *extra,
                        "--set", *TRAIN_SET])
         ck = torch.load(runs / name / "checkpoints" / "last.pt", weights_only=True)
-        if name != "eps":  # only one file needs the optimizer state (resuming a d95b1ba run); the rest stay small
+        if out == HERE and name != "eps":  # only one pinned file needs the optimizer state (resuming a d95b1ba run)
             del ck["opt"], ck["scaler"]
         torch.save(ck, out / f"train_{name}.pt")
         losses[name] = [json.loads(line)["loss"] for line in (runs / name / "stats.jsonl").read_text().splitlines()

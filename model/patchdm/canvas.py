@@ -2,7 +2,10 @@
 halves, and the band engine that bounds memory at any canvas size (docs/FAITHFULNESS.md, "Feature collage").
 
 Training windows and sampling canvases both go through ``encode_grid`` and ``decode_collaged``, so the two cannot
-drift apart. ``shifted_canvas_eps`` is the pixel-space counterpart of the ablations (independent patches).
+drift apart. ``shifted_canvas_prediction`` is the pixel-space counterpart of the ablations (independent patches).
+
+The network's output is its *prediction*, named by the objective the model was trained with: eps (the paper's), v, or
+the flow velocity; nothing here depends on which.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .collage import collage, grid_positions, pad, pad_half, split, stitch, wrap_axes
+from .grid import collage, grid_positions, pad, pad_half, split, stitch, wrap_axes
 
 
 def _per_patch(v: torch.Tensor | None, n: int):
@@ -37,7 +40,7 @@ def decode_collaged(unet, h, skips, grid, origin, t, code, pos_keep=None):
     """Collage the bottleneck and every skip of a padded grid, then decode the (rows-1)x(cols-1) shifted tiles.
 
     Decoder positions are origin + (i + 0.5, j + 0.5) (FAITHFULNESS.md: Conditioning).
-    Returns eps (B*(rows-1)*(cols-1), 3, p, p).
+    Returns the prediction (B*(rows-1)*(cols-1), 3, p, p).
     """
     b = t.shape[0]
     inner = (grid[0] - 1, grid[1] - 1)
@@ -54,17 +57,17 @@ def check_canvas(h: int, w: int, p: int) -> None:
                          f"multiples of {p}")
 
 
-def canvas_eps(unet, x_t: torch.Tensor, t: torch.Tensor, code: torch.Tensor, patch_size: int,
-               pos_keep: torch.Tensor | None = None, band_rows: int | None = None,
-               band_cols: int | None = None, wrap: str = "") -> torch.Tensor:
+def canvas_prediction(unet, x_t: torch.Tensor, t: torch.Tensor, code: torch.Tensor, patch_size: int,
+                      pos_keep: torch.Tensor | None = None, band_rows: int | None = None,
+                      band_cols: int | None = None, wrap: str = "") -> torch.Tensor:
     """One denoiser evaluation over whole canvases.
 
     x_t (B, 3, H, W); t (B,) original integer timesteps; code (B, D); pos_keep (B,) 0/1 (CFG) or None.
     Pad by p/2, encode the (N+1)x(M+1) padded grid at integer positions, collage, decode the N x M tiles at
-    half-integer positions, stitch. Returns eps (B, 3, H, W).
+    half-integer positions, stitch. Returns the prediction (B, 3, H, W) (eps for the paper's objective).
 
     band_rows=None runs every patch at once (the official way); band_rows=k decodes k rows of tiles at a time
-    (``canvas_eps_bands``; band_cols=k also k tile columns at a time), the same function with memory bounded
+    (``canvas_prediction_bands``; band_cols=k also k tile columns at a time), the same function with memory bounded
     whatever the canvas size.
 
     wrap ('x', 'y', 'xy'): pad those axes circularly instead of with zeros, so the decoder tiles at one edge see the
@@ -79,20 +82,20 @@ def canvas_eps(unet, x_t: torch.Tensor, t: torch.Tensor, code: torch.Tensor, pat
     if band_rows is None or (band_rows >= rows - 1 and band_cols is None):
         hid, skips, _, _ = encode_grid(unet, split(pad_half(x_t, p, wrap), p), (rows, cols), (0, 0), t, code,
                                        pos_keep)
-        eps = decode_collaged(unet, hid, skips, (rows, cols), (0, 0), t, code, pos_keep)
-        return stitch(eps, (rows - 1, cols - 1))
-    bands = canvas_eps_bands(unet, x_t, t, code, p, band_rows, pos_keep, band_cols, wrap)
-    return torch.cat([eps for _, eps in bands], dim=2)
+        out = decode_collaged(unet, hid, skips, (rows, cols), (0, 0), t, code, pos_keep)
+        return stitch(out, (rows - 1, cols - 1))
+    bands = canvas_prediction_bands(unet, x_t, t, code, p, band_rows, pos_keep, band_cols, wrap)
+    return torch.cat([out for _, out in bands], dim=2)
 
 
-def canvas_eps_bands(unet, x_t, t, code, p: int, band_rows: int, pos_keep=None, band_cols: int | None = None,
-                     wrap: str = "", repeat: int = 1):
-    """Yield (pixel_rows, eps) for successive bands of ``band_rows`` tile rows, top to bottom.
+def canvas_prediction_bands(unet, x_t, t, code, p: int, band_rows: int, pos_keep=None, band_cols: int | None = None,
+                            wrap: str = "", repeat: int = 1):
+    """Yield (pixel_rows, prediction) for successive bands of ``band_rows`` tile rows, top to bottom.
 
     Tile row i only needs padded rows i and i+1, so each band encodes its new padded rows (read from x_t when the
     band is reached, never as a padded copy of the canvas) and reuses the encoder features of the last padded row of
     the band above. A band reads only pixel rows below those of the bands already yielded, so a caller may update
-    x_t in place band by band (streamed DDIM). band_cols=k also decodes each band k tile columns at a time (tile
+    x_t in place band by band (a streamed sampler). band_cols=k also decodes each band k tile columns at a time (tile
     column j needs padded columns j and j+1), which bounds the decoder's activations on wide canvases.
     With a vertical wrap the last padded row reads the canvas's first rows, so they are copied when the first band is
     computed, before a streaming caller updates them. repeat=k evaluates k copies of the batch (t, code, pos_keep
@@ -121,15 +124,15 @@ def canvas_eps_bands(unet, x_t, t, code, p: int, band_rows: int, pos_keep=None, 
         for c0 in range(0, cols - 1, step):
             c1 = min(c0 + step, cols - 1)  # tile columns c0..c1-1 need padded columns c0..c1
             sub = _band_features(carry, new, b, cols, c0, c1 + 1)
-            eps = decode_collaged(unet, sub[0], sub[1:], (n_rows, c1 + 1 - c0), (r0, c0), t, code, pos_keep)
+            out = decode_collaged(unet, sub[0], sub[1:], (n_rows, c1 + 1 - c0), (r0, c0), t, code, pos_keep)
             sub = None
-            parts.append(stitch(eps, (n_rows - 1, c1 - c0)))
+            parts.append(stitch(out, (n_rows - 1, c1 - c0)))
         # Only the last padded row is kept for the next band (a copy when the band encoded several rows), so that
         # the features of this band are released before the next one is encoded.
         carry = new if r1 + 1 - first == 1 else [_last_row(f, b, cols).clone() for f in new]
         new = None
-        eps, parts = torch.cat(parts, dim=3), None
-        yield slice(r0 * p, r1 * p), eps
+        out, parts = torch.cat(parts, dim=3), None
+        yield slice(r0 * p, r1 * p), out
 
 
 def padded_rows(x: torch.Tensor, a: int, b_: int, p: int, wrap: str = "", head: torch.Tensor | None = None):
@@ -186,15 +189,15 @@ def auto_band(batch: int, rows: int, cols: int, all_at_once: int = 512, band_til
     return 1, max(1, band_tiles // batch)
 
 
-def shifted_canvas_eps(unet, x_t, t, code, patch_size: int, shift=(0, 0), pos_keep=None, wrap: str = "",
-                       max_patches: int | None = None) -> torch.Tensor:
-    """eps of whole canvases from independent patches, without feature collage: the sampler of the ablations.
+def shifted_canvas_prediction(unet, x_t, t, code, patch_size: int, shift=(0, 0), pos_keep=None, wrap: str = "",
+                              max_patches: int | None = None) -> torch.Tensor:
+    """The prediction over whole canvases from independent patches, without feature collage: the ablations.
 
     The patch grid starts ``shift`` = (sy, sx) pixels above and left of the canvas (0 <= s < p): patch (k, l) covers
     rows k p - sy .. (k+1) p - sy and sits at position (k + 1/2 - sy/p, l + 1/2 - sx/p), the positions the ablations
     train at (shift (0, 0) is the image grid at half-integer positions, (p/2, p/2) the padded grid at integers).
-    The overhang is zero-padded (circular along ``wrap``) and cropped off the stitched eps. max_patches bounds how
-    many patches one forward sees (same result).
+    The overhang is zero-padded (circular along ``wrap``) and cropped off the stitched prediction. max_patches
+    bounds how many patches one forward sees (same result).
     """
     p, (sy, sx) = patch_size, shift
     b, _, h, w = x_t.shape
@@ -208,6 +211,6 @@ def shifted_canvas_eps(unet, x_t, t, code, patch_size: int, shift=(0, 0), pos_ke
                                                                        device=x_t.device)
     pos, tt, cc, kk = pos.repeat(b, 1), _per_patch(t, n), _per_patch(code, n), _per_patch(pos_keep, n)
     step = max_patches or len(patches)
-    eps = [unet(patches[i:i + step], tt[i:i + step], pos[i:i + step], cc[i:i + step],
+    out = [unet(patches[i:i + step], tt[i:i + step], pos[i:i + step], cc[i:i + step],
                 None if kk is None else kk[i:i + step]) for i in range(0, len(patches), step)]
-    return stitch(torch.cat(eps), (rows, cols))[..., sy:sy + h, sx:sx + w]
+    return stitch(torch.cat(out), (rows, cols))[..., sy:sy + h, sx:sx + w]

@@ -1,4 +1,5 @@
-"""The latent DDPM's denoiser: DiffAE's MLP with skip inputs (official ``MLPSkipNet``, FAITHFULNESS.md: Latent DDPM)."""
+"""The code DDPM's network (the paper's "latent DDPM" over semantic codes): DiffAE's MLP with skip inputs (official
+``MLPSkipNet``, FAITHFULNESS.md: Latent DDPM)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ class MLPLayer(nn.Module):
 
 
 class LatentMLP(nn.Module):
-    """eps-prediction MLP over 512-d semantic codes. 10 layers of width 2048 by default (54,109,696 params).
+    """The prediction MLP over 512-d semantic codes (eps, the paper's, or v). 10 layers of width 2048 by default
+    (54,109,696 params).
 
     The input code z_t is concatenated to the hidden state ([h, z_t]) before every layer but the first.
     """
@@ -54,7 +56,7 @@ class LatentMLP(nn.Module):
         self.layers = nn.ModuleList(layers)
 
     def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """z (B, code_dim) noisy codes; t (B,) original timestep indices -> eps (B, code_dim)."""
+        """z (B, code_dim) noisy codes; t (B,) original timestep indices -> prediction (B, code_dim)."""
         cond = self.time_embed(sinusoid(t, self.time_sinusoid))
         h = z
         for i, layer in enumerate(self.layers):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model.blocks import AttentionBlock, Checkpointable, ResBlock
+from .blocks import AttentionBlock, Checkpointable, ResBlock
 from runtime.device import DTYPES
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

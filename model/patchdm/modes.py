@@ -1,6 +1,6 @@
 """The collage modes: how the patches of a canvas are made to agree (paper Fig. 2, Table 4). Each mode is one small
-object that owns its canvas eps and its two-term training loss; the model's config names the mode and every sampler
-and trainer asks it.
+object that owns its canvas prediction and its two-term training loss; the model's config names the mode and every
+sampler and trainer asks it.
 
   feature       the official feature collage: the decoder sees the stitched, half-shifted encoder features.
   pixel_fixed   pixel-space collage with a fixed half-patch shift: plain per-patch network; sampling alternates the
@@ -18,8 +18,8 @@ import torch
 
 from configs import COLLAGES as COLLAGE_NAMES
 from runtime.rng import rng
-from .canvas import canvas_eps, decode_collaged, encode_grid, shifted_canvas_eps
-from .collage import crop_half, split
+from .canvas import canvas_prediction, decode_collaged, encode_grid, shifted_canvas_prediction
+from .grid import crop_half, split
 
 
 def _plain_term(unet, h, skips, emb, code_p, target, mask, p, b):
@@ -31,13 +31,14 @@ def _plain_term(unet, h, skips, emb, code_p, target, mask, p, b):
 
 
 class FeatureCollage:
-    """The official mode. Its canvas eps can be computed band by band, so samplers may update the canvas in place
-    (``streams``)."""
+    """The official mode. Its canvas prediction can be computed band by band, so samplers may update the canvas in
+    place (``streams``)."""
 
     name, streams, random_offset = "feature", True, False
 
-    def eps(self, unet, x_t, t, code, p, pos_keep=None, wrap="", band_rows=None, band_cols=None, step=0, seed=0):
-        return canvas_eps(unet, x_t, t, code, p, pos_keep, band_rows, band_cols, wrap)
+    def predict(self, unet, p, x_t, t, code, opts, pos_keep=None, step=0):
+        """The prediction over canvases (opts: a CanvasOptions; bands bound memory with the same result)."""
+        return canvas_prediction(unet, x_t, t, code, p, pos_keep, opts.band_rows, opts.band_cols, opts.wrap)
 
     def loss_terms(self, unet, x_t, target, mask, t, window, code, p, pos_keep=None, offset=None):
         """(shift, noshift) per image for one 2x2 window: x_t, target (B, 3, 2p, 2p) and mask (1 or B, 1, 2p, 2p) are
@@ -69,13 +70,15 @@ class PixelCollage:
         sy, sx = torch.randint(p, (2,), generator=rng(seed, "shift", k)).tolist()
         return sy, sx
 
-    def eps(self, unet, x_t, t, code, p, pos_keep=None, wrap="", band_rows=None, band_cols=None, step=0, seed=0):
-        """The canvas eps of independent patches on this step's shifted grid; bands only bound how many patches one
-        forward sees (the patches are independent, so the result is the same)."""
-        max_patches = None
-        if band_rows is not None or band_cols is not None:
-            max_patches = x_t.shape[0] * (band_rows or x_t.shape[-2] // p + 1) * (band_cols or x_t.shape[-1] // p + 1)
-        return shifted_canvas_eps(unet, x_t, t, code, p, self.shift(step, p, seed), pos_keep, wrap, max_patches)
+    def predict(self, unet, p, x_t, t, code, opts, pos_keep=None, step=0):
+        """The canvas prediction of independent patches on the shifted grid of sampling step ``step`` (k = 0 first);
+        bands only bound how many patches one forward sees (the patches are independent, so the result is the
+        same)."""
+        max_patches, rows, cols = None, opts.band_rows, opts.band_cols
+        if rows is not None or cols is not None:
+            max_patches = x_t.shape[0] * (rows or x_t.shape[-2] // p + 1) * (cols or x_t.shape[-1] // p + 1)
+        return shifted_canvas_prediction(unet, x_t, t, code, p, self.shift(step, p, opts.seed), pos_keep, opts.wrap,
+                                         max_patches)
 
     def shifted_term(self, unet, x_t, target, mask, t, window, code, p, pos_keep=None, offset=None):
         """The plain network on the p x p crop at ``offset`` (dy, dx) inside the window (pixel_random; the centre

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from runtime.images import region_bounds
+
 
 def split(canvas: torch.Tensor, p: int) -> torch.Tensor:
     """(B, C, rows*p, cols*p) -> (B*rows*cols, C, p, p), ordered (image, row, col)."""
@@ -96,13 +98,10 @@ def window_slice(window, p: int):
     return slice(r * p, (r + 2) * p), slice(c * p, (c + 2) * p)
 
 
-def window_bounds(h: int, w: int, window, p: int) -> tuple:
-    """Where the 2p x 2p window (row, col) of the half-patch-padded canvas meets an H x W image: the image's
-    (row slice, column slice) inside the window and the zero padding (left, right, top, bottom) around it."""
-    s = p // 2
-    r0, c0 = window[0] * p - s, window[1] * p - s  # window origin in un-padded image coordinates
-    rows, cols = slice(max(0, r0), min(h, r0 + 2 * p)), slice(max(0, c0), min(w, c0 + 2 * p))
-    return rows, cols, (cols.start - c0, c0 + 2 * p - cols.stop, rows.start - r0, r0 + 2 * p - rows.stop)
+def window_region(window, p: int) -> tuple:
+    """The 2p x 2p window (row, col) of the half-patch-padded canvas as a region (top, left, height, width) of the
+    un-padded image (it reaches past the border by up to half a patch)."""
+    return window[0] * p - p // 2, window[1] * p - p // 2, 2 * p, 2 * p
 
 
 def window_crop(x0: torch.Tensor, window, p: int):
@@ -110,7 +109,7 @@ def window_crop(x0: torch.Tensor, window, p: int):
 
     x0 (B, C, H, W) -> (B, C, 2p, 2p) and (1, 1, 2p, 2p); only the window is materialised, never the padded canvas.
     """
-    rows, cols, pad = window_bounds(*x0.shape[-2:], window, p)
+    rows, cols, pad = region_bounds(*x0.shape[-2:], *window_region(window, p))
     crop = x0[..., rows, cols]
     mask = torch.ones(1, 1, *crop.shape[-2:], device=x0.device, dtype=x0.dtype)
     return F.pad(crop, pad), F.pad(mask, pad)

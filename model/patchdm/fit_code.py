@@ -8,11 +8,13 @@ model's collage mode) over windows whose centre patch is fully known, with the u
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from runtime.rng import rng
-from .collage import window_crop
-from .denoiser import Denoiser
+from .grid import window_crop
+from .denoiser import Denoiser, Window
 
 
 def known_windows(mask: torch.Tensor, p: int) -> list:
@@ -25,43 +27,53 @@ def known_windows(mask: torch.Tensor, p: int) -> list:
     return [tuple(rc) for rc in full.nonzero().tolist()]
 
 
-def fit_code(unet, x_known: torch.Tensor, mask: torch.Tensor, p: int, code_init: torch.Tensor, schedule,
-             steps: int = 200, lr: float = 1e-2, batch: int = 8, seed: int = 0, collage: str = "feature",
-             progress=None) -> torch.Tensor:
-    """A code (1, D) for one image: Adam on the code alone, minimising the training loss on its known windows.
+@dataclass(frozen=True)
+class FitOptions:
+    """steps of Adam with learning rate lr; each step uses ``batch`` loss times and one window; seed fixes every
+    draw."""
+    steps: int = 200
+    lr: float = 1e-2
+    batch: int = 8
+    seed: int = 0
+
+
+def fit_code(den: Denoiser, x_known: torch.Tensor, mask: torch.Tensor, code_init: torch.Tensor, process,
+             opts: FitOptions = FitOptions(), progress=None) -> torch.Tensor:
+    """A code (1, D) for one image: Adam on the code alone, minimising the training loss of the Denoiser ``den`` on
+    the image's known windows.
 
     x_known (1, 3, H, W) in [-1, 1]; mask (1, 1, H, W), 1 = known; code_init (1, D) (e.g. the code table's mean);
-    schedule: the model's noise schedule. Each step draws one known window, ``batch`` timesteps (stratified over
-    0..T-1) and fresh noise, all from ``seed``. progress(step, loss) is called after every step when given. Raises
-    ValueError when no p x p patch of the image grid is fully known.
+    process: the model's (diffusion/process.py). Each step draws one known window, ``opts.batch`` loss times
+    (stratified over 0..T-1, or over [0, 1) for a flow) and fresh noise, all from ``opts.seed``. progress(step, loss)
+    is called after every step when given. Raises ValueError when no p x p patch of the image grid is fully known.
     """
+    p, unet, batch = den.p, den.net, opts.batch
     windows = known_windows(mask, p)
     if not windows:
         raise ValueError(f"no {p}x{p} patch of the canvas grid is fully known: a code cannot be fitted (give a larger "
                          "known region, or pick a code with --code latent / index:N)")
-    T = schedule.num_timesteps  # (a flow's loss times are stratified over [0, 1) instead)
-    g = rng(seed, "fit")
-    den = Denoiser(unet, p, collage)
+    T = process.num_timesteps
+    g = rng(opts.seed, "fit")
     code = code_init.detach().clone().float().requires_grad_(True)
-    opt = torch.optim.Adam([code], lr=lr)
+    optimizer = torch.optim.Adam([code], lr=opts.lr)
     was_training = unet.training
     unet.eval()
     for prm in unet.parameters():
         prm.requires_grad_(False)
     try:
-        for step in range(steps):
+        for step in range(opts.steps):
             r, c = windows[int(torch.randint(len(windows), (1,), generator=g))]
             x_win, pad_mask = window_crop(x_known, (r, c), p)
             known = window_crop(mask.to(x_known.dtype), (r, c), p)[0]
             u = torch.arange(batch) + torch.rand(batch, generator=g)
-            t = u / batch if schedule.continuous else (u * T / batch).long().clamp(max=T - 1)  # flow: t in [0, 1)
+            t = u / batch if process.continuous else (u * T / batch).long().clamp(max=T - 1)  # flow: t in [0, 1)
             noise = torch.randn(batch, 3, 2 * p, 2 * p, generator=g).to(x_known.device)
-            shift, noshift = den.loss_terms(x_win.expand(batch, -1, -1, -1), pad_mask * known, t.to(x_known.device),
-                                            noise, (r, c), code.expand(batch, -1), schedule, offset=(p // 2, p // 2))
+            win = Window(x_win.expand(batch, -1, -1, -1), pad_mask * known, noise, (r, c), (p // 2, p // 2))
+            shift, noshift = den.loss_terms(win, t.to(x_known.device), code.expand(batch, -1), process)
             loss = shift.mean() + noshift.mean()
-            opt.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            optimizer.step()
             if progress is not None:
                 progress(step, loss.item())
     finally:

@@ -62,7 +62,7 @@ class Resample(nn.Module):
 
 class Checkpointable(nn.Module):
     """A block whose forward(x, emb, code) can recompute its activations in backward instead of keeping them
-    (``grad_checkpoint``, set by runtime.fast.set_checkpointing); subclasses implement ``_forward``. ``level`` is
+    (``grad_checkpoint``, set by fast.set_checkpointing); subclasses implement ``_forward``. ``level`` is
     the resolution level of the U-Net the block works at (0 = the patch's full resolution; set by the builders)."""
 
     grad_checkpoint = False

@@ -14,8 +14,8 @@ from torch import nn
 
 from configs import PATCH_ARCH
 from .codes import ImageEncoder
-from .latent import LatentMLP
-from .safe_load import CheckpointError, read_checkpoint, tensor_dict
+from .code_mlp import LatentMLP
+from runtime.safe_load import CheckpointError, read_checkpoint, tensor_dict
 from .unet import PatchUNet
 
 UNET_PREFIXES = ("time_embed.", "input_blocks.", "middle_block.", "output_blocks.", "out.")

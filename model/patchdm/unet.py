@@ -2,8 +2,9 @@
 (FAITHFULNESS.md: Architecture, Conditioning).
 
 The two halves are separate methods so that the feature collage (FAITHFULNESS.md: Feature collage) can sit between them:
-``encode`` sees each padded patch alone, the caller collages the bottleneck and every skip, and ``decode``
-predicts eps for the shifted patches. ``forward`` is the plain per-patch network (no collage).
+``encode`` sees each padded patch alone, the caller collages the bottleneck and every skip, and ``decode`` gives the
+prediction (eps for the paper's objective; v or the flow velocity for the others) for the shifted patches.
+``forward`` is the plain per-patch network (no collage).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class PatchUNet(nn.Module):
     def decode(self, h: torch.Tensor, skips: list, emb: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         """Decoder half. h and skips as returned by ``encode`` (possibly collaged); consumes ``skips``.
 
-        Returns eps (n, 3, p, p) for the n (possibly shifted) patches described by emb and code.
+        Returns the prediction (n, 3, p, p) for the n (possibly shifted) patches described by emb and code.
         """
         skips = list(skips)
         for block in self.output_blocks:

@@ -16,9 +16,7 @@ import types
 
 import torch
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, unreadable, or does not fit the model it is loaded into."""
+from .errors import CheckpointError
 
 
 class _Placeholder(dict):

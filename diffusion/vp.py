@@ -1,5 +1,5 @@
-"""Noise schedules, timestep respacing and the closed-form diffusion quantities
-(FAITHFULNESS.md: Training loss, Sampling, Latent DDPM).
+"""The discrete variance-preserving process (DDPM/DDIM): noise schedules, timestep respacing, the closed-form
+quantities, and its own sampler step (FAITHFULNESS.md: Training loss, Sampling, Latent DDPM).
 
 Faithful: constants are computed in float64 (as the official numpy arrays) and cast to float32 when gathered at a
 timestep, exactly where the official ``_extract_into_tensor`` casts them.
@@ -53,17 +53,16 @@ def logsnr_timesteps(alphas_cumprod: torch.Tensor, steps: int) -> list:
 
 
 PREDICTIONS = ("eps", "v")
-SPACINGS = ("official", "linspace", "linspace0", "logsnr")  # Schedule.respace
+SPACINGS = ("official", "linspace", "linspace0", "logsnr")  # VPProcess.respace
 
 
-class Schedule:
+class VPProcess:
     """A discrete variance-preserving diffusion: constants for a beta sequence (``timestep_map[i]`` is the original
     index of step i) and what the network predicts, ``prediction`` "eps" (the paper's) or "v" (Salimans & Ho 2022,
     beyond the paper: v = sqrt(abar) eps - sqrt(1 - abar) x0; docs/FAITHFULNESS.md, "Beyond the official code").
 
-    A schedule is also the *process* the trainers and samplers ask: ``draw_t``, ``corrupt``, ``target`` and
-    ``net_t`` for the loss, ``model_t``, ``to_eps`` and ``step`` for the samplers (``FlowSchedule`` has the same
-    methods for rectified flow).
+    It is a *process* (diffusion/process.py): ``draw_t``, ``corrupt``, ``target`` and ``net_t`` for the loss;
+    ``model_t``, ``to_x0``, ``alpha_sigma`` and ``step`` (the DDIM update) for the samplers.
     """
 
     objective = "eps"
@@ -84,7 +83,7 @@ class Schedule:
         self.sqrt_recip_alphas_cumprod = (1.0 / self.alphas_cumprod).sqrt()
         self.sqrt_recipm1_alphas_cumprod = (1.0 / self.alphas_cumprod - 1.0).sqrt()
 
-    def respace(self, steps: int, spacing: str = "official") -> "Schedule":
+    def respace(self, steps: int, spacing: str = "official") -> "VPProcess":
         """The schedule over ``steps`` kept timesteps with the same alphas_cumprod there: ``space_timesteps(T, steps)``
         (spacing "official", DDIM's); "linspace": round(linspace(0, T - 1, steps + 1)) without its 0, so the first
         step is at T - 1 and the last at about (T - 1)/steps, from where one step jumps to the clean image (the
@@ -112,7 +111,7 @@ class Schedule:
         for i in keep:
             betas.append(1.0 - self.alphas_cumprod[i] / last)
             last = self.alphas_cumprod[i]
-        return Schedule(torch.stack(betas), [self.timestep_map[i] for i in keep], self.prediction)
+        return VPProcess(torch.stack(betas), [self.timestep_map[i] for i in keep], self.prediction)
 
     def model_t(self, i: int, batch: int, device) -> torch.Tensor:
         """Original timestep index fed to the network for step i, shape (batch,), long."""
@@ -183,47 +182,20 @@ class Schedule:
         return self._alpha_sigma[i]
 
     def step(self, x, i: int, out, clip_x0: bool = True):
-        """The deterministic DDIM update (eta 0) from step i to i - 1 given the network output there."""
-        from .samplers import ddim_step
-        return ddim_step(self, x, i, self.to_eps(x, i, out).to(x.dtype), clip_x0)
+        """The deterministic DDIM update (eta 0) from step i to i - 1 given the network output there
+        (guided-diffusion arithmetic, fp32).
+
+        Faithful: x0 is predicted, optionally clipped to [-1, 1], and eps re-derived from the clipped x0.
+        """
+        eps = self.to_eps(x, i, out).to(x.dtype)
+        x0 = self.predict_x0(x, i, eps)
+        if clip_x0:
+            x0 = x0.clamp(-1, 1)
+        eps = self.eps_from_x0(x, i, x0)
+        abar_prev = self.at(self.alphas_cumprod_prev, i, x)
+        return x0 * torch.sqrt(abar_prev) + torch.sqrt(1 - abar_prev) * eps
 
     def renoise(self, x, i: int, noise):
         """x_{i-1} -> x_i by the forward step q(x_i | x_{i-1}) (RePaint)."""
         beta = self.at(self.betas, i, x)
         return torch.sqrt(1 - beta) * x + torch.sqrt(beta) * noise
-
-
-_CACHE: dict = {}
-
-
-def schedule_from(d):
-    """The image model's process from a DiffusionConfig: linear betas beta_start..beta_end over num_timesteps with
-    the eps or v target, or rectified flow (``FlowSchedule``, the time input scaled to num_timesteps), by
-    ``d.objective``; built once per setting."""
-    objective = getattr(d, "objective", "eps")
-    if objective == "flow":
-        from .flow import FlowSchedule
-        return FlowSchedule(time_scale=d.num_timesteps)
-    key = ("linear", d.num_timesteps, d.beta_start, d.beta_end, objective)
-    if key not in _CACHE:
-        _CACHE[key] = Schedule(linear_betas(d.num_timesteps, d.beta_start, d.beta_end), prediction=objective)
-    return _CACHE[key]
-
-
-def default_schedule() -> Schedule:
-    """The official image schedule: linear betas 1e-4..0.02, T = 1000 (the DiffusionConfig defaults)."""
-    from configs import DiffusionConfig
-    return schedule_from(DiffusionConfig())
-
-
-def latent_schedule(num_timesteps: int = 1000, beta: float = 0.008, prediction: str = "eps") -> Schedule:
-    """The latent DDPM's constant-beta schedule, with the MLP predicting eps (the paper's) or v (beyond the paper)."""
-    key = ("const", num_timesteps, beta, prediction)
-    if key not in _CACHE:
-        _CACHE[key] = Schedule(const_betas(num_timesteps, beta), prediction=prediction)
-    return _CACHE[key]
-
-
-def latent_schedule_from(lc) -> Schedule:
-    """The latent DDPM's process from a LatentConfig (num_timesteps, beta, objective)."""
-    return latent_schedule(lc.num_timesteps, lc.beta, lc.objective)
