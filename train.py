@@ -16,7 +16,7 @@ from pathlib import Path
 
 from configs import COLLAGES, OBJECTIVES
 from configs import assign, from_dict, get_preset, override, preset_help, set_patch_size, to_dict, validate
-from model import read
+from model import read_resume
 from model.patchdm.checkpoint import DENOISER
 from model.patchdm.training import DenoiserTask
 from runtime import dist as D
@@ -137,10 +137,7 @@ def main(argv=None) -> int:
         device = pick_device(args.device, d.local_rank)
         run = Path(args.runs_dir) / args.name
         ckpt_path = run / "checkpoints" / "last.pt"
-        resume = read(ckpt_path) if ckpt_path.exists() else None
-        if resume is not None and (resume["training"] or {}).get("network") != DENOISER:
-            raise CLIError(f"{ckpt_path} is not a train.py checkpoint that can be resumed (it holds no training state "
-                           "of a Patch-DM denoiser); use another --name")
+        resume = read_resume(ckpt_path, DENOISER, "train.py")
         cfg = resolve_config(args, device.type, from_dict(resume["config"]) if resume is not None else None)
         if resume is not None:
             allowed = [f.strip() for f in args.allow_change.split(",") if f.strip()]

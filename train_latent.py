@@ -16,7 +16,7 @@ from pathlib import Path
 
 from configs import assign, from_dict, override, validate
 from dataset import build_dataset
-from model import bundle_of, read
+from model import bundle_of, read, read_resume
 from model.patchdm.checkpoint import CODE_DDPM, DENOISER
 from model.patchdm.training import CodeTask, encoder_codes
 from runtime.cli import ArgumentParser, positive_int
@@ -72,10 +72,7 @@ def main(argv=None) -> int:
     net, cfg = bundle.net, bundle.cfg
     run = Path(args.runs_dir) / args.name
     ckpt_path = run / "checkpoints" / "last.pt"
-    old = read(ckpt_path) if ckpt_path.exists() else None
-    if old is not None and (old["training"] or {}).get("network") != CODE_DDPM:
-        raise CLIError(f"{ckpt_path} is not a train_latent.py checkpoint that can be resumed (it holds no training "
-                       "state of a code DDPM); use another --name")
+    old = read_resume(ckpt_path, CODE_DDPM, "train_latent.py")
     saved = from_dict(old["config"]) if old is not None else None
     if saved is not None:
         cfg.latent = saved.latent  # a resumed run keeps its own latent settings; flags and --set below change them

@@ -61,10 +61,10 @@ def main(argv=None) -> int:
     ap.add_argument("--cfg_scale", type=float, default=0.0)
     ap.add_argument("--bands", default="auto", help="auto, off, R or RxC tiles per band (as test.py)")
     ap.add_argument("--compile", default="none", help="torch.compile mode per block: none, default, "
-                                                      "reduce-overhead, max-autotune (runtime/fast.py)")
+                                                      "reduce-overhead, max-autotune (model/patchdm/fast.py)")
     ap.add_argument("--channels_last", action="store_true", help="channels-last memory format")
     ap.add_argument("--compile_scope", default="blocks", choices=list(COMPILE_SCOPES),
-                    help="with --compile: every block, or the encoder and decoder halves (runtime/fast.py)")
+                    help="with --compile: every block, or the encoder and decoder halves (model/patchdm/fast.py)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=None, help="append JSONL rows here")
     ap.add_argument("--smoke", action="store_true", help="tiny preset, CPU, 3 steps")
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     env = environment(device)
     rows = []
     for precision in args.precision.split(","):
-        # the weights as test.py keeps them for this precision (runtime.fast.cast_weights: the same function)
+        # the weights as test.py keeps them for this precision (model.patchdm.fast.cast_weights: the same function)
         unet = speed_up(cast_weights(build_unet(cfg.model).to(device).eval(), precision), args.compile,
                         args.channels_last, scope=args.compile_scope)
         for size in args.sizes.split(","):

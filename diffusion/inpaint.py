@@ -43,7 +43,7 @@ class KnownRegion:
 
 def repaint(step, x: torch.Tensor, process, x_known: torch.Tensor, mask: torch.Tensor, resample: int = 1,
             seed: int = 0, progress: bool = False, desc: str = "sample") -> torch.Tensor:
-    """Run ``step`` over the schedule conditioned on the known pixels (mask 1 = keep; (B or 1, 1, H, W)); the
+    """Run ``step`` over the process's steps conditioned on the known pixels (mask 1 = keep; (B or 1, 1, H, W)); the
     result equals x_known exactly where the mask is 1."""
     if resample < 1:
         raise ValueError(f"resample must be at least 1, got {resample}")

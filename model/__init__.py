@@ -8,7 +8,7 @@ sample with)."""
 
 from __future__ import annotations
 
-from runtime.errors import CheckpointError
+from runtime.errors import CheckpointError, CLIError
 from training import checkpoint as C
 from .patchdm import checkpoint as patchdm
 
@@ -33,3 +33,15 @@ def bundle_of(ck: dict, path, raw: bool = False):
         raise CheckpointError(f"{path} is a checkpoint of the {ck.get('family')!r} family, which this version does not "
                               f"know (it knows {', '.join(FAMILIES)})")
     return family.bundle_of(ck, path, raw)
+
+
+def read_resume(path, network: str, script: str) -> dict | None:
+    """The checkpoint a run folder resumes from (its checkpoints/last.pt at ``path``): None when there is none yet;
+    CLIError when it holds no training state of ``network`` (another script's run)."""
+    if not path.exists():
+        return None
+    ck = read(path)
+    if (ck["training"] or {}).get("network") != network:
+        raise CLIError(f"{path} is not a {script} checkpoint that can be resumed (it holds no training state of a "
+                       f"{network} network); use another --name")
+    return ck

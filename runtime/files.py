@@ -113,12 +113,6 @@ def atomic_write_text(text: str, path) -> None:
             f.write(text)
 
 
-def atomic_write_bytes(data: bytes, path) -> None:
-    with _replacing(path, ".bin") as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-
 def atomic_savez(path, **arrays) -> None:
     """np.savez, atomically (the name keeps its own suffix)."""
     with _replacing(path, ".npz") as tmp:

@@ -16,7 +16,7 @@ def test_smoke(script, tmp_path, capsys):
 
 @pytest.mark.parametrize("script", [sample_speed, train_speed])
 def test_switches_reach_the_network(script, monkeypatch, capsys):
-    """What a benchmark row says it measured is what ran: the compile mode and scope reach runtime.fast.speed_up."""
+    """What a benchmark row says it measured is what ran: the compile mode and scope reach model.patchdm.fast.speed_up."""
     seen = []
     real = script.speed_up
 

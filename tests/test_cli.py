@@ -127,7 +127,7 @@ def test_banded_generation_gives_the_same_images(chain, generated, tmp_path):
 
 @pytest.mark.parametrize("bands", ["off", "1x2"])
 def test_bf16_generation_is_close_to_fp32(chain, generated, tmp_path, bands):
-    """Half-precision weights (runtime.fast.cast_weights), whole and banded."""
+    """Half-precision weights (model.patchdm.fast.cast_weights), whole and banded."""
     assert _generate(chain, tmp_path, "--img_num", "2", "-b", "2", "--precision", "bf16", "--bands", bands) == 0
     for k in range(2):
         assert np.abs(_pixels(generated / f"{k}.png") - _pixels(tmp_path / f"{k}.png")).mean() < 4
@@ -154,7 +154,7 @@ def test_dry_run_prints_config(capsys):
     assert run_cli(train.main, ["--config", "ffhq256", "--cfg", "--semantic_enc", "-b", "64", "--dry_run",
                                 "--device", "cpu"]) == 0
     cfg = json.loads(capsys.readouterr().out)
-    assert cfg["training"]["batch_size"] == 64 and cfg["model"]["code_source"] == "encoder"
+    assert cfg["training"]["batch_size"] == 64 and cfg["model"]["code_source"] == "encoder" and cfg["family"] == "patchdm"
     assert cfg["training"]["precision"] == "fp32"  # fp16 is GPU-only
 
 

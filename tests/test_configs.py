@@ -49,3 +49,17 @@ def test_override():
         override(PatchDMConfig(), ["training.bogus=1"])
     with pytest.raises(ValueError, match="section.field=value"):
         override(PatchDMConfig(), ["training.lr"])
+
+
+def test_a_config_names_its_family():
+    c = get_preset("small")
+    d = to_dict(c)
+    assert c.family == "patchdm" and d["family"] == "patchdm"
+    d.pop("family")  # every file written before families existed
+    assert from_dict(d) == c
+    with pytest.raises(ValueError, match="unknown model family 'nope'"):
+        from_dict({**to_dict(c), "family": "nope"})
+    with pytest.raises(ValueError, match="family is chosen by the preset"):
+        override(c, ["family=pyramid"])
+    with pytest.raises(ValueError, match="training.lr=0.0: must be above 0"):
+        override(c, ["training.lr=0"]).validate()

@@ -54,3 +54,27 @@ def test_training_gives_the_pinned_losses(tmp_path):
     got = make.train_all(tmp_path, *make.make_data(tmp_path), out=tmp_path / "ckpts")
     for name, want in MANIFEST["losses"].items():
         assert got[name] == pytest.approx(want, rel=1e-3), name
+
+
+def test_a_run_of_the_first_layout_resumes_exactly(tmp_path):
+    """train.py continues a run whose last.pt was written by d95b1ba (patchdm-train-v1, 20 steps) exactly as a run
+    of today's code that never stopped: the same losses at steps 21 and 22, the same weights after them."""
+    import shutil
+
+    from tests.helpers import losses
+    lmdb, codes = make.make_data(tmp_path)
+    args = ["--config", "tiny", "-d", str(lmdb), "--semantic_path", str(codes), "--objective", "eps", "--max_steps",
+            "22", "--log_every", "1", "--device", "cpu", "--runs_dir", str(tmp_path / "runs"), "--set",
+            *make.TRAIN_SET]
+    train = load_script("train")
+    assert run_cli(train.main, [*args, "-n", "straight"]) == 0
+    old = tmp_path / "runs" / "old" / "checkpoints"
+    old.mkdir(parents=True)
+    shutil.copy(PINS / "train_eps.pt", old / "last.pt")
+    assert run_cli(train.main, [*args, "-n", "old"]) == 0
+    assert losses(tmp_path / "runs" / "old") == pytest.approx(losses(tmp_path / "runs" / "straight")[20:], rel=1e-5)
+    import torch
+    a, b = (torch.load(tmp_path / "runs" / n / "checkpoints" / "last.pt", weights_only=True)["networks"]["denoiser"]
+            for n in ("old", "straight"))
+    assert a["step"] == b["step"] == 22 and a["samples"] == b["samples"]
+    assert all(torch.allclose(a["raw"][k], b["raw"][k], atol=1e-6) for k in b["raw"])

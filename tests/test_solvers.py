@@ -232,3 +232,23 @@ def test_spacings_endpoints(steps):
     assert full.respace(1000, "logsnr").timestep_map == list(range(1000))  # crowded at t = 0, still distinct
     with pytest.raises(ValueError, match="logsnr"):
         full.respace(10, "trailing")
+
+
+@pytest.mark.parametrize("objective,sampler", CASES)
+def test_a_tuple_state_is_sampled_as_its_parts(objective, sampler):
+    """A state of several tensors (a pyramid of latents) passes through every sampler element by element: sampling
+    the tuple equals sampling each part on its own with the same model."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(3, 3, generator=g) * 0.3
+
+    def part(x, t):  # any smooth function of the part and t
+        return torch.tanh(torch.einsum("ij,bj...->bi...", w, x) + t.float().reshape(-1, *[1] * (x.ndim - 1)) / 1000)
+
+    x_T = (torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 4, generator=g))
+    sched = process(objective, sampler, 6)
+    both = run_steps(make_step(sampler, sched, lambda x, t, i: tuple(part(e, t) for e in x), clip_x0=False),
+                     x_T, sched)
+    for k in range(2):
+        alone = run_steps(make_step(sampler, sched, lambda x, t, i: part(x, t), clip_x0=False), x_T[k], sched)
+        assert torch.equal(both[k], alone)
+    assert not torch.allclose(both[0], x_T[0])

@@ -181,46 +181,59 @@ class Trainer:
                         + ("" if self.ckpt_path.exists() else " (none yet)"))
 
     def _loop(self, stop) -> int:
-        s, d, task, net = self.s, self.d, self.task, self.net
+        s, d, task = self.s, self.d, self.task
         if d.main:
             atomic_write_text(json.dumps(task.config_dict(), indent=2), self.run / "config.json")
             print(task.describe(self.step))
         log, meter = JsonlLog(self.run / "stats.jsonl"), Meter(self.device)
         bar = tqdm(total=s.max_steps, initial=self.step, disable=not d.main, desc=s.desc, unit="step",
                    dynamic_ncols=True)
-        while self.step < s.max_steps:
-            stop.check(self.step, self.save, bar)
-            batch, events = task.batch(self.step)
-            if d.main:
-                for event in events:
-                    log.write(step=self.step, **event)
-            net.train()
-            with autocast(self.device, s.precision):
-                terms = self.module(**batch)
-            loss = total(terms)
-            grad_norm = optimizer_step(net.parameters(), self.opt, self.scaler, loss, s.grad_clip, task.after_clip)
-            self.ema.update(net)
-            meter.add({k: v.detach() for k, v in terms.items()}, loss.detach(), task.quartile(batch))
-            self.step += 1
-            self.samples += s.batch_size
-            bar.update(1)
-            last = self.step == s.max_steps
-            if self.step % s.log_every == 0 or last:
-                try:
-                    row = meter.row(d, self.step, self.samples, s.batch_size, s.unit)
-                except FloatingPointError as e:
-                    raise self._stop_nonfinite(e) from None
-                row.update(grad_norm=float(grad_norm), lr=self.opt.param_groups[0]["lr"],
-                           scale=self.scaler.get_scale() if self.scaler.is_enabled() else 1.0, **task.row_extra())
+        try:
+            while self.step < s.max_steps:
+                stop.check(self.step, self.save, bar)
+                batch, events = task.batch(self.step)
                 if d.main:
-                    log.write(**row)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", ips=f"{row[s.unit + '_per_s']:.1f}")
-            if d.main and s.preview_every and (self.step % s.preview_every == 0 or last):
-                task.preview(self.ema.model, self.step)
-            if self.step % s.save_every == 0 or last:
-                if meter.nonfinite(d):  # never save weights a non-finite step has touched
-                    raise self._stop_nonfinite(f"non-finite loss before step {self.step}")
-                if d.main:
-                    self.save()
-        bar.close()
+                    for event in events:
+                        log.write(step=self.step, **event)
+                grad_norm = self._optimize(batch, meter)
+                self.step += 1
+                self.samples += s.batch_size
+                bar.update(1)
+                self._after_step(meter, log, bar, grad_norm)
+        finally:
+            bar.close()  # on any exit, so that an error line starts a line of its own
         return self.step
+
+    def _optimize(self, batch, meter: Meter) -> torch.Tensor:
+        """Forward, loss, backward, clipped optimizer step and EMA for one batch; returns the gradient norm."""
+        self.net.train()
+        with autocast(self.device, self.s.precision):
+            terms = self.module(**batch)
+        loss = total(terms)
+        grad_norm = optimizer_step(self.net.parameters(), self.opt, self.scaler, loss, self.s.grad_clip,
+                                   self.task.after_clip)
+        self.ema.update(self.net)
+        meter.add({k: v.detach() for k, v in terms.items()}, loss.detach(), self.task.quartile(batch))
+        return grad_norm
+
+    def _after_step(self, meter: Meter, log: JsonlLog, bar, grad_norm) -> None:
+        """The log row, preview and checkpoint that fall on this step."""
+        s, d, step = self.s, self.d, self.step
+        last = step == s.max_steps
+        if step % s.log_every == 0 or last:
+            try:
+                row = meter.row(d, step, self.samples, s.batch_size, s.unit)
+            except FloatingPointError as e:
+                raise self._stop_nonfinite(e) from None
+            row.update(grad_norm=float(grad_norm), lr=self.opt.param_groups[0]["lr"],
+                       scale=self.scaler.get_scale() if self.scaler.is_enabled() else 1.0, **self.task.row_extra())
+            if d.main:
+                log.write(**row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", ips=f"{row[s.unit + '_per_s']:.1f}")
+        if d.main and s.preview_every and (step % s.preview_every == 0 or last):
+            self.task.preview(self.ema.model, step)
+        if step % s.save_every == 0 or last:
+            if meter.nonfinite(d):  # never save weights a non-finite step has touched
+                raise self._stop_nonfinite(f"non-finite loss before step {step}")
+            if d.main:
+                self.save()
