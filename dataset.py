@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import weakref
 from pathlib import Path
 
 import lmdb
@@ -21,7 +22,7 @@ from torchvision import transforms
 from torchvision.transforms import functional as TF
 
 from runtime.errors import UserError
-from runtime.images import region_bounds, to_rgb, to_unit_tensor
+from runtime.images import View, region_bounds, to_rgb, to_unit_tensor
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 RAW_MAGIC = b"PDMRAW1\0"  # img2lmdb.py --format raw: magic, uint32 height, uint32 width, then H*W*3 RGB bytes
@@ -81,6 +82,28 @@ class _Cover:
         return TF.resize(img, [max(h, round(img.height * s)), max(w, round(img.width * s))])
 
 
+_ENVS = weakref.WeakValueDictionary()  # (real path, process id, data.mdb inode) -> environment
+
+
+def lmdb_env(path):
+    """The read-only, lock-free environment of an LMDB, shared by every dataset on it in this process (the lmdb
+    package refuses to open one environment twice in a process) and closed when the last of them is gone. A process
+    started by fork opens its own; an LMDB replaced on disk (a new data.mdb) is opened anew."""
+    real = os.path.realpath(path)
+    key = (real, os.getpid(), os.stat(os.path.join(real, "data.mdb")).st_ino)
+    env = _ENVS.get(key)
+    if env is None:
+        for other in [k for k in list(_ENVS.keys()) if k[0] == real]:
+            # Inherited through fork (or the LMDB was replaced): read-only and lock-free, so closing it only unmaps
+            # this process's view, and lets this process open the path again.
+            old = _ENVS.pop(other, None)
+            if old is not None:
+                old.close()
+        env = lmdb.open(real, readonly=True, lock=False, readahead=False, meminit=False)
+        _ENVS[key] = env
+    return env
+
+
 def is_lmdb(path) -> bool:
     return (Path(path) / "data.mdb").is_file()
 
@@ -95,12 +118,12 @@ class ImageDataset(Dataset):
         self.lmdb = is_lmdb(self.path)
         if self.lmdb:
             try:
-                env = lmdb.open(self.path, readonly=True, lock=False, readahead=False, meminit=False)
+                env = lmdb_env(self.path)
             except lmdb.Error as e:
                 raise DataError(f"cannot open LMDB {self.path}: {e}") from None
             with env.begin() as txn:
                 raw = txn.get(b"length")
-            env.close()
+            del env  # each process opens its own when it reads (a DataLoader worker forked from this one)
             if raw is None:
                 raise DataError(f"LMDB {self.path} has no 'length' key; build it with img2lmdb.py")
             self.length, self.files = int(raw), None
@@ -114,20 +137,21 @@ class ImageDataset(Dataset):
             raise DataError(f"data path {self.path} holds no images")
         self.image_size = tuple(image_size)
         self.geometry = geometric_transform(transform, self.image_size, tuple(resize))
-        self._env, self._pid = None, None
+        self._env = None  # this dataset's hold on the shared environment (per process)
 
     def __len__(self) -> int:
         return self.length
 
     def _txn_get(self, key: bytes):
-        if self._env is None or self._pid != os.getpid():  # one environment per process (fork-safe)
-            if self._env is not None:
-                # Inherited through fork: read-only and lock-free, so closing only unmaps this process's view.
-                self._env.close()
-            self._env = lmdb.open(self.path, readonly=True, lock=False, readahead=False, meminit=False)
-            self._pid = os.getpid()
-        with self._env.begin(buffers=False) as txn:
+        if self._env is None or self._env[0] != os.getpid():
+            self._env = (os.getpid(), lmdb_env(self.path))
+        with self._env[1].begin(buffers=False) as txn:
             return txn.get(key)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_env"] = None  # environments do not travel to other processes
+        return state
 
     def _record(self, index: int) -> bytes:
         data = self._txn_get(str(index).zfill(7).encode())
@@ -182,20 +206,21 @@ class ImageDataset(Dataset):
         return np.asarray(self.geometry(self.load(index)))
 
     def __getitem__(self, item):
-        """item = index -> (image (3, H, W), index); item = (index, (top, left, height, width)) -> (that region of
-        the training image (3, height, width), zero where it reaches past the border, index): training then reads
-        only the region (e.g. Patch-DM's window of the half-patch-padded image)."""
+        """item = index -> (image (3, H, W), index); item = (index, view) -> (what the runtime.images.View shows of
+        the training image: a region (top, left, height, width), zero where it reaches past the border, optionally
+        resized and mirrored, index): training then reads only the region (Patch-DM's window of the
+        half-patch-padded image; the pyramid autoencoder's random crops)."""
         if isinstance(item, (tuple, list)):
-            index, region = item
+            index, view = item[0], View(*item[1])
             a = self._array(index)
-            rows, cols, pad = region_bounds(*a.shape[:2], *region)  # only the region's pixels are converted
-            return F.pad(to_unit_tensor(a[rows, cols]), pad), index
+            rows, cols, pad = region_bounds(*a.shape[:2], *view[:4])  # only the region's pixels are converted
+            x = F.pad(to_unit_tensor(a[rows, cols]), pad)
+            if view.out is not None and tuple(view.out) != tuple(x.shape[-2:]):
+                x = F.interpolate(x[None], size=tuple(view.out), mode="bilinear", antialias=True,
+                                  align_corners=False)[0]
+            return (x.flip(-1) if view.flip else x), index
         return to_unit_tensor(self._array(item)), item
 
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_env"], state["_pid"] = None, None
-        return state
 
 
 def build_dataset(path, data_cfg) -> ImageDataset:

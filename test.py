@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from dataset import IMAGE_EXTS, geometric_transform
+
 from diffusion import SAMPLERS, evaluations
 from model import load
 from model.patchdm import CanvasOptions, Denoiser
@@ -37,11 +39,14 @@ from model.patchdm.cli import check_sampler, parse_bands
 from model.patchdm.fast import COMPILE_MODES, COMPILE_SCOPES, cast_weights, speed_up
 from model.patchdm.grid import WRAPS
 from model.patchdm.sampling import bundle_codes, per_image_noise, sample_canvas, sampling_process
+from model.pyramid.sampling import generate as pyramid_images, image_noise, parse_levels, \
+    reconstruct as reconstruct_images
 from runtime import dist as D
 from runtime.cli import ArgumentParser, check_divisible, parse_hw, positive_int
 from runtime.device import autocast, check_precision, device_type, pick_device, sampling_precision
 from runtime.errors import CLIError, run_cli
 from runtime.files import make_parents, remove_empty, save_png
+from runtime.images import read_rgb
 
 
 def build_parser():
@@ -62,10 +67,11 @@ def build_parser():
     ap.add_argument("--seed", type=int, default=0, help="image k uses the seed (seed, k)")
     ap.add_argument("--cfg_scale", type=float, default=None,
                     help="guidance w: (1+w) eps_c - w eps_u, 0 = none (default: the checkpoint's sampling.cfg_scale)")
-    ap.add_argument("--sampler", default=None, choices=list(SAMPLERS),
+    ap.add_argument("--sampler", default=None, choices=[*SAMPLERS, "rk45"],
                     help="ddim (default for eps and v models, the paper's), euler (default for flow models; ddim is "
                          "accepted as its old name), dpmpp2m / dpmpp3m (DPM-Solver++ multistep: closer to the ODE in "
-                         "15-20 steps than DDIM in 50, docs/BENCHMARKS.md), heun (flow models)")
+                         "15-20 steps than DDIM in 50, docs/BENCHMARKS.md), heun (flow models), rk45 (pyramid: "
+                         "scipy's adaptive RK45, the PDM paper's black-box solver)")
     ap.add_argument("--steps", type=positive_int, default=None,
                     help="patch sampler steps (default: the checkpoint's sampling.steps, 50 for the paper's presets)")
     ap.add_argument("--latent_sampler", default="ddim", choices=["ddim", "dpmpp2m", "dpmpp3m"],
@@ -87,6 +93,11 @@ def build_parser():
     ap.add_argument("--overwrite", action="store_true", help="replace PNGs already in --output_dir")
     ap.add_argument("--wrap", default="", choices=list(WRAPS),
                     help="pad circularly instead of with zeros: x for seamless 360-degree panoramas, xy for tiles")
+    ap.add_argument("--reconstruct", default=None, metavar="DIR",
+                    help="pyramid autoencoder checkpoints: reconstruct every image of DIR (at the preset's size or "
+                         "--image_size) into --output_dir, named as the inputs")
+    ap.add_argument("--levels", default=None, metavar="I,J",
+                    help="with --reconstruct: decode from these latents only (0 = the finest; the paper's Fig. 7)")
     ap.add_argument("--bands", default="auto",
                     help="decode the canvas in bands of tiles, bounding memory at any size with the same images: "
                          "auto (default), off (all patches at once, the official way), R or RxC tiles per band")
@@ -99,6 +110,11 @@ def load_full(path, raw: bool, codes_given: bool = False):
     if not path:
         raise CLIError("--full_path is required: the checkpoint written by train_latent.py (or an official one)")
     bundle = load(path, raw)
+    if bundle.cfg.family == "pyramid":
+        if bundle.flow is None:
+            raise CLIError(f"{path} is a pyramid autoencoder checkpoint: run train_latent.py -m {path} for a flow "
+                           "model to sample with, or give --reconstruct DIR to reconstruct images with it")
+        return bundle
     if bundle.latent is None and bundle.cfg.model.code_source != "none" and not codes_given:
         raise CLIError(f"{path} is a Patch-DM checkpoint without a latent model; run train_latent.py on it first, "
                        "or sample with the codes of training images (--codes 0,1,2)")
@@ -107,18 +123,19 @@ def load_full(path, raw: bool, codes_given: bool = False):
     return bundle
 
 
-def output_plan(out: Path, n: int, skip_existing: bool, overwrite: bool) -> list:
-    """The image numbers to make; refuses to replace existing PNGs unless asked (--overwrite or --skip_existing)."""
+def output_plan(out: Path, names: list, skip_existing: bool, overwrite: bool) -> list:
+    """The indices of ``names`` (PNG file names in ``out``) to make; refuses to replace existing PNGs unless asked
+    (--overwrite or --skip_existing)."""
     if out.exists() and not out.is_dir():
         raise CLIError(f"--output_dir {out} is a file, not a folder")
     if skip_existing and overwrite:
         raise CLIError("--skip_existing keeps existing PNGs and --overwrite replaces them: pass one of them")
-    there = [k for k in range(n) if (out / f"{k}.png").exists()]
+    there = [k for k, name in enumerate(names) if (out / name).exists()]
     if there and not (skip_existing or overwrite):
-        names = ", ".join(f"{k}.png" for k in there[:3]) + (", ..." if len(there) > 3 else "")
-        raise CLIError(f"{out} already holds {len(there)} of the {n} images ({names}): pass --skip_existing to keep "
-                       "them and make the rest, or --overwrite to replace them")
-    return [k for k in range(n) if not (skip_existing and k in set(there))]
+        shown = ", ".join(names[k] for k in there[:3]) + (", ..." if len(there) > 3 else "")
+        raise CLIError(f"{out} already holds {len(there)} of the {len(names)} images ({shown}): pass --skip_existing "
+                       "to keep them and make the rest, or --overwrite to replace them")
+    return [k for k in range(len(names)) if not (skip_existing and k in set(there))]
 
 
 def given_codes(spec: str, net, cfg) -> torch.Tensor:
@@ -140,8 +157,6 @@ def given_codes(spec: str, net, cfg) -> torch.Tensor:
             return net.codes(None, torch.tensor([int(s) for s in items])).float()
     if getattr(net, "uses_table", False):
         raise CLIError(f"--codes {items[0]!r}: a code-table model takes training-image indices (--codes 0,3,5)")
-    from dataset import geometric_transform
-    from runtime.images import read_rgb
     shape = geometric_transform(cfg.data.transform, cfg.data.image_size, cfg.data.resize)
     x = torch.stack([read_rgb(s, shape) for s in items])
     with torch.no_grad():
@@ -152,10 +167,53 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     d = D.init_dist(device_type(args.device))
     try:
-        generate(args, d)
+        (reconstruct if args.reconstruct is not None else generate)(args, d)
     finally:
         D.cleanup(d)
     return 0
+
+
+def reconstruct(args, d: D.Dist) -> None:
+    """--reconstruct DIR: every image of DIR through a pyramid autoencoder at the preset's size (or --image_size);
+    OUT/<name>.png for DIR/<name>.<ext>; --levels keeps only the listed latents."""
+    device = pick_device(args.device, d.local_rank)
+    folder, out = Path(args.reconstruct), Path(args.output_dir)
+    if not folder.is_dir():
+        raise CLIError(f"--reconstruct {folder}: not a folder of images")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise CLIError(f"--reconstruct {folder}: holds no images ({', '.join(sorted(IMAGE_EXTS))})")
+    names = [p.stem + ".png" for p in files]
+    twins = sorted({n for n in names if names.count(n) > 1})
+    if twins:
+        raise CLIError(f"--reconstruct {folder}: several images would be written as {twins[0]}; rename one")
+    todo = output_plan(out, names, args.skip_existing, args.overwrite)[d.rank::d.world]
+    bundle = load(args.full_path, args.raw)
+    if bundle.cfg.family != "pyramid":
+        raise CLIError(f"--reconstruct needs a pyramid autoencoder checkpoint; {args.full_path} is {bundle.cfg.family}")
+    cfg, ae = bundle.cfg, bundle.autoencoder.to(device)
+    try:
+        keep = parse_levels(args.levels, ae.num_latents)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    hw = parse_hw(args.image_size) if args.image_size else tuple(cfg.sampling.image_size)
+    check_divisible(hw, 2 ** (len(cfg.autoencoder.channel_mult) - 1), "image size")
+    geometry = geometric_transform(cfg.data.transform, hw, hw)
+    created = make_parents(out / "x.png")
+    done = 0
+    try:
+        for start in tqdm(range(0, len(todo), args.batch_size), desc="reconstruct", unit="batch",
+                          disable=not d.main):
+            ks = todo[start:start + args.batch_size]
+            x = torch.stack([read_rgb(files[k], geometry) for k in ks]).to(device)
+            for k, img in zip(ks, reconstruct_images(ae, x, keep)):
+                save_png(img, out / names[k])
+                done += 1
+    finally:
+        if not done:
+            remove_empty(created)
+    print(f"wrote {done} reconstruction(s) of {hw[0]}x{hw[1]} to {out}"
+          + (f" from latents {sorted(keep)}" if keep is not None else ""))
 
 
 def generate(args, d: D.Dist) -> None:
@@ -163,9 +221,14 @@ def generate(args, d: D.Dist) -> None:
     out = Path(args.output_dir)
     n_codes = len([s for s in args.codes.split(",") if s.strip()]) if args.codes is not None else 0
     img_num = args.img_num or n_codes or 50000
-    todo = output_plan(out, img_num, args.skip_existing, args.overwrite)[d.rank::d.world]
+    todo = output_plan(out, [f"{k}.png" for k in range(img_num)], args.skip_existing, args.overwrite)[d.rank::d.world]
     D.barrier(d)  # every rank has read the folder before any writes to it
     bundle = load_full(args.full_path, args.raw, args.codes is not None)
+    if bundle.cfg.family == "pyramid":
+        return generate_pyramid(args, d, bundle, out, todo, device)
+    if args.sampler == "rk45":
+        raise CLIError("--sampler rk45 is for pyramid full checkpoints; Patch-DM samples its canvas with ddim, euler, "
+                       "heun, dpmpp2m or dpmpp3m")
     cfg, unet, latent = bundle.cfg, bundle.net, bundle.latent
     fixed = given_codes(args.codes, unet, cfg) if args.codes is not None else None
     p = cfg.model.patch_size
@@ -218,6 +281,53 @@ def generate(args, d: D.Dist) -> None:
         if not done:
             remove_empty(created)
     print(f"{'' if d.world == 1 else f'rank {d.rank}: '}wrote {len(todo)} image(s) of {hw[0]}x{hw[1]} to {out}")
+
+
+PATCHDM_ONLY = {"codes": None, "cfg_scale": None, "patch_size": None, "latent_steps": None, "wrap": "",
+                "compile": "none", "bands": "auto"}
+
+
+def generate_pyramid(args, d: D.Dist, bundle, out: Path, todo: list, device) -> None:
+    """A pyramid full checkpoint: noise -> the flow model's latents (euler, heun or rk45) -> the decoder's images."""
+    given = [k for k, default in PATCHDM_ONLY.items() if getattr(args, k) != default]
+    if given:
+        raise CLIError(f"--{given[0]} is a Patch-DM option; a pyramid checkpoint takes --sampler, --steps, "
+                       "--image_size, --seed, --batch_size, --precision and --raw")
+    cfg, s = bundle.cfg, bundle.cfg.sampling
+    sampler = args.sampler or s.sampler
+    if sampler not in ("euler", "heun", "rk45"):
+        raise CLIError(f"--sampler {sampler}: a pyramid flow model samples with euler, heun or rk45")
+    steps = args.steps if args.steps is not None else s.steps
+    hw = parse_hw(args.image_size) if args.image_size else tuple(s.image_size)
+    check_divisible(hw, 2 ** (len(cfg.autoencoder.channel_mult) - 1), "image size")
+    precision = check_precision(args.precision or sampling_precision(device), device)
+    ae, flow = bundle.autoencoder.to(device), bundle.flow.to(device)
+    shapes = ae.latent_shapes(*hw)
+    if d.main:
+        print(f"{hw[0]}x{hw[1]} images from latents {' + '.join('x'.join(map(str, sh)) for sh in shapes)}, "
+              + ("rk45 (adaptive)" if sampler == "rk45" else f"{steps} {sampler} steps")
+              + f", {precision}, {'raw' if args.raw else 'EMA'} weights")
+    created = make_parents(out / "0.png")
+    done, nfes = 0, []
+    bar = tqdm(total=len(todo), desc="generate", unit="img", dynamic_ncols=True, disable=not d.main)
+    try:
+        for start in range(0, len(todo), args.batch_size):
+            ks = todo[start:start + args.batch_size]
+            noise = tuple(torch.stack(n).to(device) for n in zip(*(image_noise(args.seed, k, shapes) for k in ks)))
+            with autocast(device, precision):
+                img, nfe = pyramid_images(bundle, noise, sampler, steps)
+            nfes.append(nfe)
+            for k, x in zip(ks, img):
+                save_png(x, out / f"{k}.png")
+            done += len(ks)
+            bar.update(len(ks))
+    finally:
+        bar.close()
+        if not done:
+            remove_empty(created)
+    print(f"{'' if d.world == 1 else f'rank {d.rank}: '}wrote {done} image(s) of {hw[0]}x{hw[1]} to {out}"
+          + (f"; rk45 used {sum(nfes) / len(nfes):.1f} evaluations per batch (min {min(nfes)}, max {max(nfes)})"
+             if sampler == "rk45" and nfes else ""))
 
 
 if __name__ == "__main__":

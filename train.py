@@ -1,8 +1,10 @@
-"""Train the Patch-DM denoiser (official train.py), on one CPU/GPU or many under torchrun.
+"""Train a model of the preset's family: the Patch-DM denoiser (official train.py) or the pyramid autoencoder, on one
+CPU/GPU or many under torchrun.
 
     python train.py --config nature --data_path data/nature.lmdb --semantic_path data/nature_semantic.pt --name exp
     torchrun --nproc_per_node 8 train.py --config nature -d data/nature.lmdb --semantic_path sem.pt -n exp
     python train.py --config ffhq256 -d data/ffhq256.lmdb --semantic_enc --cfg -n ffhq    # 256 data: image encoder
+    python train.py --config pyramid_small -d data/photos.lmdb -n ae       # the Pyramid Diffusion Model's autoencoder
 
 Run folder runs/NAME/: config.json, stats.jsonl, samples/*.png (EMA model, DDIM), checkpoints/last.pt (written
 atomically). Re-running the same command resumes exactly where last.pt left off, with the run's own settings.
@@ -15,42 +17,17 @@ import sys
 from pathlib import Path
 
 from configs import COLLAGES, OBJECTIVES
-from configs import assign, from_dict, get_preset, override, preset_help, set_patch_size, to_dict, validate
-from model import read_resume
-from model.patchdm.checkpoint import DENOISER
-from model.patchdm.training import DenoiserTask
+from configs import assign, from_dict, get_preset, override, preset_help, to_dict, validate, value
+from model import FAMILIES, read_resume
 from runtime import dist as D
-from runtime.cli import ArgumentParser, check_divisible, nonnegative_int, positive_int
+from runtime.cli import ArgumentParser, nonnegative_int, positive_int
 from runtime.device import check_precision, device_type, pick_device
 from runtime.errors import CLIError, run_cli
 from training.loop import Trainer
 from training.resume import compatible_or_raise
 
-# Settings a resumed run may change without --allow_change: how long and how it runs, not what it computes.
-FREE_ON_RESUME = ("training.max_steps", "training.save_every_samples", "training.sample_every_samples",
-                  "training.checkpointing", "training.checkpoint_levels", "data.num_workers", "data.path",
-                  "data.code_table", "sampling", "latent")
-
-# Each flag sets config fields: (field, value), where None means the flag's own value. A flag left out (None) sets
-# nothing, so a resumed run keeps what it had (EDM2's flags-default-to-None pattern).
-FLAGS = {
-    "data_path": [("data.path", None)],
-    "semantic_path": [("data.code_table", None), ("model.code_source", "table")],
-    "semantic_enc": [("model.code_source", "encoder")],
-    "no_code": [("model.code_source", "none")],
-    "cfg": [("training.cfg", True)],
-    "collage": [("model.collage", None)],
-    "objective": [("diffusion.objective", None)],
-    "no_position": [("model.use_position", False)],
-    "batch_size": [("training.batch_size", None)],
-    "max_steps": [("training.max_steps", None)],
-    "precision": [("training.precision", None)],
-    "checkpointing": [("training.checkpointing", True)],
-    "checkpoint_levels": [("training.checkpoint_levels", None)],
-    "workers": [("data.num_workers", None)],
-    "save_every": [("training.save_every_samples", None)],
-    "sample_every": [("training.sample_every_samples", None)],
-}
+# Flags every family takes; the others belong to a family (its TRAIN.flags) and are refused for the rest.
+GENERIC = ("config", "name", "device", "log_every", "runs_dir", "set", "allow_change", "allow_upscale", "dry_run")
 
 
 def build_parser():
@@ -94,6 +71,11 @@ def build_parser():
     ap.add_argument("--allow_change", default="", metavar="FIELD[,FIELD]",
                     help="when resuming: accept new values for these fields (e.g. training.batch_size), which a "
                          "resumed run otherwise refuses because they change what it means")
+    ap.add_argument("--lpips", default=None, metavar="VGG16_WEIGHTS",
+                    help="pyramid autoencoder: add LPIPS to the loss, with torchvision's VGG16 weights from this file "
+                         "(vgg16-397923af.pth; nothing is downloaded)")
+    ap.add_argument("--gan_from", type=int, default=None, metavar="STEP",
+                    help="pyramid autoencoder: a hinge patch-GAN from this step on (-1: none, the preset's default)")
     ap.add_argument("--allow_upscale", action="store_true",
                     help="train even when the stored images are smaller than the preset's training size")
     ap.add_argument("--dry_run", action="store_true", help="print the resolved config and exit")
@@ -101,11 +83,8 @@ def build_parser():
 
 
 def resolve_config(args, device_type: str, saved=None):
-    """The run's config: the preset (or, when resuming, the run's saved config), then the flags given, then --set;
-    every value checked before any work starts."""
-    if sum(v is not None for v in (args.semantic_enc, args.semantic_path, args.no_code)) > 1:
-        raise CLIError("--semantic_enc, --semantic_path and --no_code are mutually exclusive (encoder, code table "
-                       "or no code)")
+    """The run's config: the preset (or, when resuming, the run's saved config), then the flags given (each family
+    takes its own), then --set; every value checked before any work starts. Returns (config, its family)."""
     try:
         if saved is not None:
             if args.config and args.config != saved.name:
@@ -114,20 +93,24 @@ def resolve_config(args, device_type: str, saved=None):
             cfg = saved
         else:
             cfg = get_preset(args.config or "nature")
-        if args.patch_size and args.patch_size != cfg.model.patch_size:
-            set_patch_size(cfg, args.patch_size)
-        for flag, fields in FLAGS.items():
+        family = FAMILIES[cfg.family]
+        spec = family.TRAIN
+        foreign = [f for f, v in vars(args).items() if v is not None and f not in GENERIC and f not in spec.flags]
+        if foreign:
+            raise CLIError(f"--{foreign[0]} does not apply to the {cfg.name} preset ({cfg.family} family)")
+        spec.prepare(cfg, args)
+        for flag, fields in spec.flags.items():
             given = getattr(args, flag)
             if given is not None:
-                for field, value in fields:
-                    assign(cfg, field, given if value is None else value)
-        if args.precision is None and device_type == "cpu" and cfg.training.precision == "fp16":
-            cfg.training.precision = "fp32"  # fp16 autocast is GPU-only
+                for field, fixed in fields:
+                    assign(cfg, field, given if fixed is None else fixed)
+        if args.precision is None and device_type == "cpu" and value(cfg, spec.precision) == "fp16":
+            assign(cfg, spec.precision, "fp32")  # fp16 autocast is GPU-only
         cfg = validate(override(cfg, args.set))
     except ValueError as e:
         raise CLIError(str(e)) from None
-    check_divisible(cfg.data.image_size, cfg.model.patch_size, "training image size")
-    return cfg
+    spec.check(cfg, args)
+    return cfg, family
 
 
 def main(argv=None) -> int:
@@ -137,16 +120,18 @@ def main(argv=None) -> int:
         device = pick_device(args.device, d.local_rank)
         run = Path(args.runs_dir) / args.name
         ckpt_path = run / "checkpoints" / "last.pt"
-        resume = read_resume(ckpt_path, DENOISER, "train.py")
-        cfg = resolve_config(args, device.type, from_dict(resume["config"]) if resume is not None else None)
+        resume = read_resume(ckpt_path, None, "train.py")
+        cfg, family = resolve_config(args, device.type, from_dict(resume["config"]) if resume is not None else None)
         if resume is not None:
+            if (resume["training"] or {}).get("network") != family.TRAIN.network:
+                raise CLIError(f"{ckpt_path} is not a train.py checkpoint that can be resumed; use another --name")
             allowed = [f.strip() for f in args.allow_change.split(",") if f.strip()]
-            compatible_or_raise(resume, cfg, ckpt_path, FREE_ON_RESUME, allowed)
+            compatible_or_raise(resume, cfg, ckpt_path, family.TRAIN.free, allowed)
         if args.dry_run:
             print(json.dumps(to_dict(cfg), indent=2))
             return 0
-        check_precision(cfg.training.precision, device)
-        task = DenoiserTask(cfg, run, d, device, resume, args.allow_upscale)
+        check_precision(value(cfg, family.TRAIN.precision), device)
+        task = family.TRAIN.task(cfg, run, d, device, resume, args)
         step = Trainer(task, task.settings(args.log_every), run, device, d, resume).run_loop()
         if d.main:
             print(f"done: step {step}, checkpoint {ckpt_path}")

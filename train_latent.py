@@ -1,12 +1,17 @@
-"""Train the latent DDPM over the learned semantic codes (official train_latent.py, fixed).
+"""Train the latent model of a trained model: Patch-DM's latent DDPM over its semantic codes (official
+train_latent.py, fixed), or the Pyramid Diffusion Model's flow network over its autoencoder's pyramid latents.
 
     python train_latent.py --model_path runs/exp/checkpoints/last.pt --name exp_latent
     python train_latent.py -m official_last.ckpt -n exp_latent   # an official checkpoint
     python train_latent.py -m runs/ffhq/checkpoints/last.pt -n ffhq_latent -d data/ffhq256.lmdb   # image encoder
+    python train_latent.py -m runs/ae/checkpoints/last.pt -n pdm_flow   # a pyramid autoencoder (train.py --config
+                                                                        # pyramid_small): its training images
 
-The codes are the rows of the Patch-DM code table (no inference over the images), or, for image-encoder models,
-the encoder applied to every training image (--data_path; the official script crashes there). Writes
-runs/NAME/checkpoints/last.pt, a "full" checkpoint holding the latent MLP and the Patch-DM weights, for test.py.
+Patch-DM: the codes are the rows of the code table (no inference over the images), or, for image-encoder models,
+the encoder applied to every training image (--data_path; the official script crashes there). Pyramid: the
+autoencoder's training images (or --data_path), encoded once at its sampling size. Writes
+runs/NAME/checkpoints/last.pt, a "full" checkpoint holding the latent model and the model it was trained on, for
+test.py.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from dataset import build_dataset
 from model import bundle_of, read, read_resume
 from model.patchdm.checkpoint import CODE_DDPM, DENOISER
 from model.patchdm.training import CodeTask, encoder_codes
+from model.pyramid.checkpoint import AUTOENCODER, FLOW
+from model.pyramid.flow_training import FlowTask
+from runtime import dist as D
 from runtime.cli import ArgumentParser, positive_int
 from runtime.device import check_precision, pick_device
 from runtime.errors import CLIError, run_cli
@@ -29,6 +37,9 @@ from training.resume import compatible_or_raise
 # training and sampling settings are not the latent run's).
 FREE_ON_RESUME = ("latent.total_samples", "latent.save_every_samples", "latent.max_steps", "training", "sampling",
                   "data")
+# The same for a pyramid flow run (the autoencoder's own training settings are not the flow run's).
+PYRAMID_FREE_ON_RESUME = ("flow_training.max_steps", "flow_training.save_every_samples",
+                          "flow_training.sample_every_samples", "ae_training", "sampling", "data")
 
 
 def build_parser():
@@ -44,6 +55,8 @@ def build_parser():
                     help="Patch-DM weights (and code table) to use; official: raw. Default ema, the weights "
                          "test.py samples with")
     ap.add_argument("--znormalize", action="store_true", help="train on z-normalised codes (test.py undoes it)")
+    ap.add_argument("--allow_upscale", action="store_true",
+                    help="pyramid: accept training images stored below the preset's size")
     ap.add_argument("--objective", choices=["eps", "v"], default=None,
                     help="what the MLP predicts: eps (the paper's, default) or v (beyond the paper: "
                          "docs/EVALUATION.md, unconditional samples)")
@@ -66,6 +79,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     device = pick_device(args.device)
     ck = read(args.model_path)
+    if ck.get("family") == "pyramid":
+        return train_flow(args, ck, device)
     if CODE_DDPM in ck["networks"]:
         raise CLIError(f"{args.model_path} is a latent (full) checkpoint; pass the Patch-DM checkpoint from train.py")
     bundle = bundle_of(ck, args.model_path, raw=args.weights == "raw")
@@ -108,6 +123,50 @@ def main(argv=None) -> int:
     if cfg.latent.batch_size < wanted:
         print(f"note: the table has {len(codes)} codes, so the batch is {cfg.latent.batch_size} instead of {wanted}")
     task = CodeTask(codes, cfg, run, device, ck["networks"][DENOISER], args.weights, str(args.model_path))
+    del ck
+    step = Trainer(task, task.settings(args.log_every), run, device, resume=old).run_loop()
+    print(f"done: step {step}, full checkpoint {ckpt_path} (use it with test.py --full_path)")
+    return 0
+
+
+def train_flow(args, ck: dict, device) -> int:
+    """The pyramid family: the Pyramid NCSN++ by latent rectified flow on the autoencoder of ``ck``."""
+    if FLOW in ck["networks"]:
+        raise CLIError(f"{args.model_path} is a full checkpoint (it holds a flow model); pass the autoencoder "
+                       "checkpoint from train.py --config pyramid_*")
+    foreign = [f"--{f}" for f in ("semantic_enc", "znormalize") if getattr(args, f)]
+    foreign += ["--objective"] if args.objective is not None else []
+    if foreign:
+        raise CLIError(f"{foreign[0]} is a Patch-DM setting; the pyramid flow model is trained by rectified flow on "
+                       "the autoencoder's latents")
+    bundle = bundle_of(ck, args.model_path, raw=args.weights == "raw")
+    cfg = bundle.cfg
+    run = Path(args.runs_dir) / args.name
+    ckpt_path = run / "checkpoints" / "last.pt"
+    old = read_resume(ckpt_path, FLOW, "train_latent.py")
+    if old is not None:
+        saved = from_dict(old["config"])
+        cfg.flow, cfg.flow_training, cfg.sampling = saved.flow, saved.flow_training, saved.sampling
+    bad = [a for a in args.set if not a.strip().startswith(("flow.", "flow_training.", "sampling.", "data."))]
+    if bad:
+        raise CLIError(f"--set {bad[0]}: a flow run may set flow.*, flow_training.*, sampling.* and data.*; the "
+                       "autoencoder's settings are its checkpoint's")
+    try:
+        for flag, field in (("max_steps", "flow_training.max_steps"), ("precision", "flow_training.precision"),
+                            ("data_path", "data.path"), ("batch_size", "flow_training.batch_size")):
+            if getattr(args, flag) is not None:
+                assign(cfg, field, getattr(args, flag))
+        if args.precision is None and device.type == "cpu" and cfg.flow_training.precision == "fp16":
+            cfg.flow_training.precision = "fp32"
+        cfg = validate(override(cfg, args.set))
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    check_precision(cfg.flow_training.precision, device)
+    if old is not None:
+        compatible_or_raise(old, cfg, ckpt_path, PYRAMID_FREE_ON_RESUME,
+                            [f.strip() for f in args.allow_change.split(",") if f.strip()])
+    task = FlowTask(cfg, run, D.Dist(), device, bundle.autoencoder, ck["networks"][AUTOENCODER],
+                    str(args.model_path), args.allow_upscale)
     del ck
     step = Trainer(task, task.settings(args.log_every), run, device, resume=old).run_loop()
     print(f"done: step {step}, full checkpoint {ckpt_path} (use it with test.py --full_path)")

@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     cfg = get_preset(args.preset)
     data = build_dataset(args.data, cfg.data)
     p = cfg.model.patch_size
-    region = None if args.full else (lambda s: window_region(window_at(cfg, s), p))
+    region = None if args.full else (lambda s, k: window_region(window_at(cfg, s), p))
     sampler = StepBatchSampler(len(data), args.batch, region_of=region)
     loader = iter(make_loader(data, sampler, args.workers, args.pin))
     for _ in range(3):

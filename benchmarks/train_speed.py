@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     if args.data:
         data = build_dataset(args.data, cfg.data)
         sampler = StepBatchSampler(len(data), args.batch,
-                                   region_of=lambda s: window_region(window_at(cfg, s), cfg.model.patch_size))
+                                   region_of=lambda s, k: window_region(window_at(cfg, s), cfg.model.patch_size))
         loader = iter(make_loader(data, sampler, args.workers, device.type == "cuda"))
         num_codes = len(data)
     else:

@@ -58,6 +58,13 @@ def _typed(value, default, name: str):
     return value
 
 
+def value(cfg, path: str):
+    """The value of the field at the dotted ``path``."""
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 FIXED_FIELDS = ("family",)  # what no override may change: the family is the config's class
 
 

@@ -7,7 +7,10 @@ learns the velocity dx_t/dt = eps - x0 with an MSE. Its time input is t * time_s
 the sinusoidal embedding sees with the diffusion objectives, so every architecture setting carries over unchanged.
 
 Sampling integrates dx/dt = v from t = 1 to 0 on a uniform grid of ``num_timesteps`` steps: step i goes from
-t = (i + 1)/N to i/N (i = N-1 .. 0, as the DDIM loop counts). ``step`` is the Euler step; with clip_x0 the
+t = (i + 1)/N to i/N (i = N-1 .. 0, as the DDIM loop counts). With ``eps`` > 0 (the Pyramid Diffusion paper's
+boundary treatment, 1e-3) the loss times are 1 - min(eps + u, 1), u uniform in [0, 1): t in [0, 1 - eps] with a mass
+of about eps at exactly t = 0 (the data), and sampling starts at t = 1 - eps: step i goes from (1 - eps)(i + 1)/N to
+(1 - eps) i/N. ``step`` is the Euler step; with clip_x0 the
 predicted x0 = x_t - t v is clipped to [-1, 1] first and the step taken from the clipped x0 and the eps it implies,
 which is exactly the Euler step whenever nothing is clipped (the thresholding DDIM does for eps and v models).
 """
@@ -24,15 +27,15 @@ class FlowProcess:
     prediction = "flow"
     continuous = True
 
-    def __init__(self, num_timesteps: int = 1000, time_scale: float = 1000.0):
+    def __init__(self, num_timesteps: int = 1000, time_scale: float = 1000.0, eps: float = 0.0):
         if num_timesteps < 1:
             raise ValueError(f"a flow sampler needs at least 1 step, got {num_timesteps}")
-        self.num_timesteps, self.time_scale = int(num_timesteps), float(time_scale)
+        self.num_timesteps, self.time_scale, self.eps = int(num_timesteps), float(time_scale), float(eps)
 
     def respace(self, steps: int, spacing: str = "uniform") -> "FlowProcess":
-        """The uniform grid of ``steps`` steps from t = 1 to 0 (the only spacing; ``spacing`` is accepted so every
-        process respaces alike)."""
-        return FlowProcess(steps, self.time_scale)
+        """The uniform grid of ``steps`` steps from t = 1 - eps to 0 (the only spacing; ``spacing`` is accepted so
+        every process respaces alike)."""
+        return FlowProcess(steps, self.time_scale, self.eps)
 
     @staticmethod
     def _b(t, x):
@@ -43,7 +46,8 @@ class FlowProcess:
 
     # -- the loss: t (B,) float in [0, 1) ------------------------------------------------------------------------
     def draw_t(self, n: int, generator=None) -> torch.Tensor:
-        return torch.rand(n, generator=generator)
+        u = torch.rand(n, generator=generator)
+        return (1 - self.eps - u).clamp(min=0.0) if self.eps else u
 
     def corrupt(self, x0, t, noise):
         t = self._b(t, x0)
@@ -57,8 +61,8 @@ class FlowProcess:
 
     # -- the samplers ----------------------------------------------------------------------------------------------
     def time(self, i: int) -> float:
-        """The flow time at the start of step i: (i + 1)/N; i = -1 is the clean end, 0."""
-        return (i + 1) / self.num_timesteps
+        """The flow time at the start of step i: (1 - eps)(i + 1)/N; i = -1 is the clean end, 0."""
+        return (1 - self.eps) * (i + 1) / self.num_timesteps
 
     def model_t(self, i: int, batch: int, device) -> torch.Tensor:
         return torch.full((batch,), self.time(i) * self.time_scale, dtype=torch.float32, device=device)

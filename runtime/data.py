@@ -19,8 +19,9 @@ class StepBatchSampler(Sampler):
 
     def __init__(self, n: int, batch: int, seed: int = 0, rank: int = 0, world: int = 1, start_step: int = 0,
                  region_of=None):
-        """region_of(step) -> (top, left, height, width): when given, items are (index, region) so that the dataset
-        loads only that region of each image (Patch-DM's training window)."""
+        """region_of(step, k) -> a runtime.images.View (or its (top, left, height, width)) of the k-th sample of the
+        global batch at ``step``: when given, items are (index, view) so that the dataset loads only that region of
+        each image (Patch-DM's training window; the pyramid autoencoder's random crops)."""
         self.n, self.batch, self.seed, self.rank, self.world, self.start = n, batch, seed, rank, world, start_step
         self.region_of = region_of
         self.steps_per_epoch = n // (batch * world)
@@ -34,8 +35,8 @@ class StepBatchSampler(Sampler):
         start = k * self.batch * self.world + self.rank * self.batch
         batch = torch.randperm(self.n, generator=g)[start:start + self.batch].tolist()
         if self.region_of is not None:
-            region = self.region_of(step)
-            batch = [(i, region) for i in batch]
+            first = self.rank * self.batch
+            batch = [(i, self.region_of(step, first + j)) for j, i in enumerate(batch)]
         return batch
 
     def __iter__(self):

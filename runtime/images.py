@@ -4,6 +4,8 @@ unreadable files."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -14,6 +16,18 @@ from .errors import CLIError
 def to_unit_tensor(a: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) in [-1, 1], the same float32 operations as ToTensor + Normalize(0.5, 0.5)."""
     return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div(255).sub(0.5).div(0.5)
+
+
+class View(NamedTuple):
+    """What a training item shows of its image: the region (top, left, height, width), which may reach past the
+    border (zeros there), brought to ``out`` = (H, W) when given (bilinear, antialiased) and mirrored left-right when
+    ``flip``."""
+    top: int
+    left: int
+    height: int
+    width: int
+    out: tuple | None = None
+    flip: bool = False
 
 
 def region_bounds(h: int, w: int, top: int, left: int, height: int, width: int) -> tuple:

@@ -63,6 +63,14 @@ def test_dataset_lmdb_folder_and_workers(lmdb_path, photos):
         folder.load([p.name for p in folder.files].index("broken.jpg"))
 
 
+def test_two_datasets_on_one_lmdb_in_one_process(lmdb_path):
+    """The lmdb package refuses to open an environment twice in a process: datasets share one."""
+    a = dataset.ImageDataset(lmdb_path, (16, 24), "resize_crop", (16, 24))
+    b = dataset.ImageDataset(lmdb_path, (8, 16), "resize_crop", (8, 16))
+    assert a[1][0].shape == (3, 16, 24) and b[1][0].shape == (3, 8, 16)
+    assert torch.equal(a[0][0], dataset.ImageDataset(lmdb_path, (16, 24), "resize_crop", (16, 24))[0][0])
+
+
 def test_initialize_offline_fails_fast_with_the_file_to_provide(lmdb_path, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     rc = run_cli(initialize.main, ["-d", str(lmdb_path), "-o", str(tmp_path / "s.pt"), "--device", "cpu",

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from runtime.errors import RunInUse, run_cli
+from runtime.errors import RunInUse
 from runtime.files import FolderLock, atomic_save
 from tests.helpers import ROOT, train_run
 

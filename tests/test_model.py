@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from configs import get_preset, preset_names
+from configs import get_preset
+from configs.patchdm import preset_names
 from model.patchdm import build_encoder, build_latent, build_unet
 from model.common import count_params
 from tests.helpers import DATA, read_tsv

@@ -23,15 +23,45 @@ def test_ema_update_is_decay_times_average_plus_one_minus_decay_times_weights():
     with torch.no_grad():
         for p in net.parameters():
             p.add_(1.0)
-    net.train()(torch.randn(8, 3))  # moves the batch-norm running statistics (buffers follow the same rule)
+    net.train()(torch.randn(8, 3))  # moves the batch-norm running statistics (buffers: copied)
     now = {k: v.clone() for k, v in net.state_dict().items()}
     ema.update(net)
+    buffers = {k for k, _ in net.named_buffers()}
     for k, v in ema.state_dict().items():
-        if v.dtype.is_floating_point:
+        if k not in buffers:
             assert torch.allclose(v, 0.9 * start[k] + 0.1 * now[k], atol=1e-6), k
         else:
-            assert torch.equal(v, now[k]), k  # integer buffers (num_batches_tracked) are copied
+            assert torch.equal(v, now[k]), k  # running statistics and num_batches_tracked are copied
     assert all(not p.requires_grad for p in ema.model.parameters()) and not ema.model.training
+
+
+def test_ema_of_a_spectral_normed_network_keeps_unit_power_iteration_vectors():
+    """Spectral norm's u and v are buffers: copied, so the EMA network divides its averaged weight by a true norm."""
+    from torch.nn.utils.parametrizations import spectral_norm
+    torch.manual_seed(0)
+    net = spectral_norm(torch.nn.Linear(6, 5)).train()
+    ema = EMA(net, decay=0.5)
+    for _ in range(5):
+        with torch.no_grad():
+            net.parametrizations.weight.original.mul_(1.5).add_(0.3)
+        net(torch.randn(2, 6))  # a training forward runs the power iteration
+        ema.update(net)
+    u = ema.model.parametrizations.weight[0]._u
+    assert abs(u.norm().item() - 1) < 1e-5
+    w = ema.model.weight  # eval mode: the stored vectors
+    assert abs(torch.linalg.matrix_norm(w, ord=2).item() - 1) < 0.05
+
+
+def test_a_tied_linear_is_averaged_once_per_name_as_the_official_ema():
+    from model.patchdm import LatentMLP
+    net = LatentMLP(code_dim=4, hidden=8, num_layers=3, time_sinusoid=4)
+    ema = EMA(net, decay=0.5)
+    start = ema.model.layers[0].linear_emb.weight.clone()
+    with torch.no_grad():
+        net.layers[0].linear_emb.weight.add_(1.0)
+    ema.update(net)
+    now = net.layers[0].linear_emb.weight
+    assert torch.allclose(ema.model.layers[0].linear_emb.weight, 0.25 * start + 0.75 * now, atol=1e-6)
 
 
 def test_ema_state_round_trips_and_continues_identically():

@@ -74,8 +74,15 @@ class Task:
         """Each sample's loss-time quartile (B,) in 0..3 for the loss-by-quartile column, or None."""
         return None
 
+    def lr_scale(self, step: int) -> float | None:
+        """The learning rate of ``step`` as a multiple of the optimizer's own (a warm-up), or None: left alone."""
+        return None
+
     def after_clip(self) -> None:
         """Called between gradient clipping and the optimizer step."""
+
+    def after_step(self, batch) -> None:
+        """Called after the optimizer step and the EMA update (e.g. a discriminator's own step)."""
 
     def preview(self, ema_network: nn.Module, step: int) -> None:
         """Write a preview of the EMA network (main process only)."""
@@ -97,13 +104,13 @@ class Task:
 
 
 def optimizer_step(params, opt, scaler, loss, grad_clip: float, after_clip=None) -> torch.Tensor:
-    """Backward, unscale, clip the global grad norm, ``after_clip()`` (e.g. the LHQ table hack), step, scaler update.
-    Returns the norm before clipping."""
+    """Backward, unscale, clip the global grad norm (grad_clip 0: measure it, clip nothing), ``after_clip()`` (e.g.
+    the LHQ table hack), step, scaler update. Returns the norm before clipping."""
     params = list(params)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(opt)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
     if after_clip is not None:
         after_clip()
     scaler.step(opt)
@@ -199,7 +206,7 @@ class Trainer:
                 self.step += 1
                 self.samples += s.batch_size
                 bar.update(1)
-                self._after_step(meter, log, bar, grad_norm)
+                self._log_preview_save(meter, log, bar, grad_norm)
         finally:
             bar.close()  # on any exit, so that an error line starts a line of its own
         return self.step
@@ -210,13 +217,18 @@ class Trainer:
         with autocast(self.device, self.s.precision):
             terms = self.module(**batch)
         loss = total(terms)
+        scale = self.task.lr_scale(self.step)
+        if scale is not None:
+            for group in self.opt.param_groups:
+                group["lr"] = group.setdefault("initial_lr", group["lr"]) * scale
         grad_norm = optimizer_step(self.net.parameters(), self.opt, self.scaler, loss, self.s.grad_clip,
                                    self.task.after_clip)
         self.ema.update(self.net)
+        self.task.after_step(batch)
         meter.add({k: v.detach() for k, v in terms.items()}, loss.detach(), self.task.quartile(batch))
         return grad_norm
 
-    def _after_step(self, meter: Meter, log: JsonlLog, bar, grad_norm) -> None:
+    def _log_preview_save(self, meter: Meter, log: JsonlLog, bar, grad_norm) -> None:
         """The log row, preview and checkpoint that fall on this step."""
         s, d, step = self.s, self.d, self.step
         last = step == s.max_steps

@@ -14,17 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-
-def sinusoid(v: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of scalars, FAITHFULNESS.md: Conditioning
-
-    v: (n,) any real values (fractional positions are allowed). Returns (n, dim) = [cos(v f), sin(v f)] with
-    f_k = exp(-ln(max_period) k / (dim/2)); the cos block comes first, as in the official code.
-    """
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=v.device) / half)
-    args = v[:, None].float() * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+from ..common import sinusoid  # noqa: F401 (the U-Net's time and position embedding)
 
 
 class GroupNorm32(nn.GroupNorm):

@@ -7,8 +7,6 @@ whatever the number of processes, and a resumed run draws what the uninterrupted
 
 from __future__ import annotations
 
-import math
-import sys
 from pathlib import Path
 
 import torch
@@ -19,12 +17,13 @@ from tqdm import tqdm
 from dataset import build_dataset
 from diffusion import make_process
 from runtime import dist as D
-from runtime.data import SkipUnreadable, StepBatchSampler, check_stored_size, make_loader
+from runtime.data import check_stored_size
 from runtime.device import autocast
-from runtime.errors import CLIError, children_ignore_sigint
+from runtime.errors import CLIError
 from runtime.files import save_grid
 from runtime.rng import rng, seed_for
 from training import checkpoint as C
+from training.batches import ImageBatches, every, local_batch
 from training.loop import LoopSettings, Task
 from ..common import count_params
 from .builders import build_latent, build_patchdm
@@ -163,17 +162,20 @@ class DenoiserTask(Task):
         check_stored_size(data, cfg.data.image_size, cfg.name, allow_upscale)
         self.network = set_checkpointing(build_net(cfg, data, resume).to(device), tc.checkpointing,
                                          tc.checkpoint_levels)
-        self.b_local = tc.batch_size // d.world
-        if self.b_local * d.world != tc.batch_size:
-            raise CLIError(f"batch size {tc.batch_size} is not divisible by the {d.world} processes")
-        self.loader, self.fixed, self.unreadable = None, None, set()
+        self.b_local = local_batch(tc.batch_size, d)
+        p = cfg.model.patch_size
+        # Deviation: code-table models only need each image's training window, so the loader reads just that (same
+        # pixels; images stay whole for the image encoder, which sees the full image).
+        region = None if self.network.needs_image else (lambda s, k: window_region(window_at(cfg, s), p))
+        self.images = ImageBatches(data, self.b_local, tc.seed, d, region, cfg.data.num_workers, device.type == "cuda")
+        self.fixed = None
 
     def settings(self, log_every: int) -> LoopSettings:
         tc = self.config.training
         return LoopSettings(
             max_steps=tc.max_steps or 2_000_000_000 // tc.batch_size,  # official: 2e9 samples
-            batch_size=tc.batch_size, save_every=max(1, math.ceil(tc.save_every_samples / tc.batch_size)),
-            preview_every=max(1, math.ceil(tc.sample_every_samples / tc.batch_size)), log_every=log_every,
+            batch_size=tc.batch_size, save_every=every(tc.save_every_samples, tc.batch_size),
+            preview_every=every(tc.sample_every_samples, tc.batch_size), log_every=log_every,
             grad_clip=tc.grad_clip, precision=tc.precision, ema_decay=tc.ema_decay, desc="train", unit="images")
 
     def optimizer(self):
@@ -185,28 +187,10 @@ class DenoiserTask(Task):
         return LossStep(self.network, cfg.model.patch_size, cfg.data.image_size, image_process(cfg.diffusion),
                         windowed=not self.network.needs_image, collage=cfg.model.collage)
 
-    def _loader(self, start: int):
-        cfg, d = self.config, self.d
-        p = cfg.model.patch_size
-        # Deviation: code-table models only need each image's training window, so the loader reads just that (same
-        # pixels; images stay whole for the image encoder, which sees the full image).
-        region = None if self.network.needs_image else (lambda s: window_region(window_at(cfg, s), p))
-        sampler = StepBatchSampler(len(self.data), self.b_local, cfg.training.seed, d.rank, d.world, start, region)
-        with children_ignore_sigint():  # the workers never see Ctrl-C; this process stops them
-            return iter(make_loader(SkipUnreadable(self.data), sampler, cfg.data.num_workers,
-                                    self.device.type == "cuda"))
-
     def batch(self, step: int):
         d, device = self.d, self.device
-        if self.loader is None:
-            self.loader = self._loader(step)
-        x0, index, problems = next(self.loader)
+        x0, index, events = self.images.at(step)
         x0, index = x0.to(device, non_blocking=True), index.to(device, non_blocking=True)
-        events = []
-        for problem in set(problems) - self.unreadable - {""}:  # the loader put the next readable image in its place
-            self.unreadable.add(problem)
-            print(f"warning: skipped an unreadable image ({problem}); {len(self.unreadable)} so far", file=sys.stderr)
-            events.append(dict(skipped_image=problem, skipped_images=len(self.unreadable)))
         if self.fixed is None:  # the images whose codes the previews use
             idx = index[:4].tolist()
             self.fixed = (torch.stack([self.data[i][0] for i in idx]).to(device), index[:4].clone())
@@ -231,7 +215,7 @@ class DenoiserTask(Task):
         preview(ema_network, self.config, *self.fixed, self.device, self.run / "samples" / f"{step:07d}.png")
 
     def row_extra(self) -> dict:
-        return {"skipped_images": len(self.unreadable)} if self.unreadable else {}
+        return self.images.row_extra()
 
     def describe(self, start: int) -> str:
         net = self.network

@@ -1,0 +1,59 @@
+"""The Patch-DM family as the registry (model/__init__.py) and the command lines see it."""
+
+from __future__ import annotations
+
+from configs import set_patch_size
+from runtime.cli import check_divisible
+from runtime.errors import CLIError
+from ..common import TrainSpec
+from .checkpoint import DENOISER, FAMILY, LEGACY_READERS, bundle_of
+from .training import DenoiserTask
+
+__all__ = ["FAMILY", "LEGACY_READERS", "bundle_of", "TRAIN"]
+
+# train.py: each flag sets config fields: (field, value), where None means the flag's own value. A flag left out
+# (None) sets nothing, so a resumed run keeps what it had (EDM2's flags-default-to-None pattern).
+FLAGS = {
+    "data_path": [("data.path", None)],
+    "semantic_path": [("data.code_table", None), ("model.code_source", "table")],
+    "semantic_enc": [("model.code_source", "encoder")],
+    "no_code": [("model.code_source", "none")],
+    "cfg": [("training.cfg", True)],
+    "collage": [("model.collage", None)],
+    "objective": [("diffusion.objective", None)],
+    "no_position": [("model.use_position", False)],
+    "batch_size": [("training.batch_size", None)],
+    "max_steps": [("training.max_steps", None)],
+    "precision": [("training.precision", None)],
+    "checkpointing": [("training.checkpointing", True)],
+    "checkpoint_levels": [("training.checkpoint_levels", None)],
+    "workers": [("data.num_workers", None)],
+    "save_every": [("training.save_every_samples", None)],
+    "sample_every": [("training.sample_every_samples", None)],
+    "patch_size": [],  # switches the architecture (prepare below)
+}
+
+# Settings a resumed run may change without --allow_change: how long and how it runs, not what it computes.
+FREE_ON_RESUME = ("training.max_steps", "training.save_every_samples", "training.sample_every_samples",
+                  "training.checkpointing", "training.checkpoint_levels", "data.num_workers", "data.path",
+                  "data.code_table", "sampling", "latent")
+
+
+def prepare(cfg, args):
+    """What the flags cannot say by a field: one code source at most; --patch_size switches the architecture."""
+    if sum(getattr(args, f) is not None for f in ("semantic_enc", "semantic_path", "no_code")) > 1:
+        raise CLIError("--semantic_enc, --semantic_path and --no_code are mutually exclusive (encoder, code table "
+                       "or no code)")
+    if args.patch_size and args.patch_size != cfg.model.patch_size:
+        set_patch_size(cfg, args.patch_size)
+
+
+def check(cfg, args):
+    check_divisible(cfg.data.image_size, cfg.model.patch_size, "training image size")
+
+
+def task(cfg, run, d, device, resume, args):
+    return DenoiserTask(cfg, run, d, device, resume, args.allow_upscale)
+
+
+TRAIN = TrainSpec(FLAGS, FREE_ON_RESUME, "training.precision", DENOISER, task, prepare, check)
