@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from diffusion import ONE_STEP, SAMPLERS
-from model import load
+from model import bundle_of, read
 from model.patchdm import CanvasOptions, Denoiser
 from model.patchdm.cli import check_sampler, parse_bands
 from model.patchdm.fit_code import FitOptions, fit_code
@@ -191,7 +191,11 @@ def main(argv=None) -> int:
     for path in paths:
         check_new_file(path, args.overwrite)
     device = pick_device(args.device)
-    b = load(args.full_path, args.raw)
+    ck = read(args.full_path)
+    if ck.get("family") != "patchdm":
+        raise CLIError(f"{args.full_path} is a {ck.get('family')} checkpoint; paint.py in- and outpaints with Patch-DM "
+                       "checkpoints")
+    b = bundle_of(ck, args.full_path, args.raw)
     net, cfg = b.net, b.cfg
     p = cfg.model.patch_size
     image = read_image(args.image)

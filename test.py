@@ -33,14 +33,15 @@ from tqdm import tqdm
 from dataset import IMAGE_EXTS, geometric_transform
 
 from diffusion import SAMPLERS, evaluations
-from model import load
+from model import bundle_of, load, read
 from model.patchdm import CanvasOptions, Denoiser
 from model.patchdm.cli import check_sampler, parse_bands
 from model.patchdm.fast import COMPILE_MODES, COMPILE_SCOPES, cast_weights, speed_up
 from model.patchdm.grid import WRAPS
 from model.patchdm.sampling import bundle_codes, per_image_noise, sample_canvas, sampling_process
+from model.pyramid.checkpoint import FLOW
 from model.pyramid.sampling import generate as pyramid_images, image_noise, parse_levels, \
-    reconstruct as reconstruct_images
+    reconstruct as reconstruct_images, shapes_text
 from runtime import dist as D
 from runtime.cli import ArgumentParser, check_divisible, parse_hw, positive_int
 from runtime.device import autocast, check_precision, device_type, pick_device, sampling_precision
@@ -109,11 +110,12 @@ def load_full(path, raw: bool, codes_given: bool = False):
     with --codes, a train.py checkpoint."""
     if not path:
         raise CLIError("--full_path is required: the checkpoint written by train_latent.py (or an official one)")
-    bundle = load(path, raw)
+    ck = read(path)
+    if ck.get("family") == "pyramid" and FLOW not in ck["networks"]:
+        raise CLIError(f"{path} is a pyramid autoencoder checkpoint: run train_latent.py -m {path} for a flow model "
+                       "to sample with, or give --reconstruct DIR to reconstruct images with it")
+    bundle = bundle_of(ck, path, raw)
     if bundle.cfg.family == "pyramid":
-        if bundle.flow is None:
-            raise CLIError(f"{path} is a pyramid autoencoder checkpoint: run train_latent.py -m {path} for a flow "
-                           "model to sample with, or give --reconstruct DIR to reconstruct images with it")
         return bundle
     if bundle.latent is None and bundle.cfg.model.code_source != "none" and not codes_given:
         raise CLIError(f"{path} is a Patch-DM checkpoint without a latent model; run train_latent.py on it first, "
@@ -257,22 +259,32 @@ def generate(args, d: D.Dist) -> None:
         bundle.latent = latent = latent.to(device)
     den, process = Denoiser(unet, p, cfg.model.collage), sampling_process(cfg.diffusion, sampler, steps)
     opts = CanvasOptions(w, band_rows, band_cols, args.wrap, args.seed, cfg.sampling.clip_x0, in_place=True)
+
+    def make(ks):
+        z_T, x_T = zip(*(per_image_noise(args.seed, k, cfg.model.code_dim, hw) for k in ks))
+        if fixed is not None:
+            code = fixed[[k % len(fixed) for k in ks]].to(device)
+        elif latent is None:  # the no-code ablation: the zero code
+            code = torch.zeros(len(ks), cfg.model.code_dim, device=device)
+        else:
+            code = bundle_codes(bundle, torch.stack(z_T).to(device), latent_steps, args.latent_sampler)
+        with autocast(device, precision):
+            return sample_canvas(den, torch.stack(x_T).to(device), code, process, sampler, opts)
+
+    write_images(todo, args.batch_size, out, d, make)
+    print(f"{'' if d.world == 1 else f'rank {d.rank}: '}wrote {len(todo)} image(s) of {hw[0]}x{hw[1]} to {out}")
+
+
+def write_images(todo: list, batch_size: int, out: Path, d: D.Dist, make) -> int:
+    """OUT/k.png for the image numbers in ``todo``, ``make(ks)`` giving the images of a batch, each written as it
+    comes; a folder this call created is removed again if nothing was written. Returns the number written."""
     created = make_parents(out / "0.png")
     done = 0
     bar = tqdm(total=len(todo), desc="generate", unit="img", dynamic_ncols=True, disable=not d.main)
     try:
-        for start in range(0, len(todo), args.batch_size):
-            ks = todo[start:start + args.batch_size]
-            z_T, x_T = zip(*(per_image_noise(args.seed, k, cfg.model.code_dim, hw) for k in ks))
-            if fixed is not None:
-                code = fixed[[k % len(fixed) for k in ks]].to(device)
-            elif latent is None:  # the no-code ablation: the zero code
-                code = torch.zeros(len(ks), cfg.model.code_dim, device=device)
-            else:
-                code = bundle_codes(bundle, torch.stack(z_T).to(device), latent_steps, args.latent_sampler)
-            with autocast(device, precision):
-                img = sample_canvas(den, torch.stack(x_T).to(device), code, process, sampler, opts)
-            for k, x in zip(ks, img):
+        for start in range(0, len(todo), batch_size):
+            ks = todo[start:start + batch_size]
+            for k, x in zip(ks, make(ks)):
                 save_png(x, out / f"{k}.png")
             done += len(ks)
             bar.update(len(ks))
@@ -280,7 +292,7 @@ def generate(args, d: D.Dist) -> None:
         bar.close()
         if not done:
             remove_empty(created)
-    print(f"{'' if d.world == 1 else f'rank {d.rank}: '}wrote {len(todo)} image(s) of {hw[0]}x{hw[1]} to {out}")
+    return done
 
 
 PATCHDM_ONLY = {"codes": None, "cfg_scale": None, "patch_size": None, "latent_steps": None, "wrap": "",
@@ -301,30 +313,23 @@ def generate_pyramid(args, d: D.Dist, bundle, out: Path, todo: list, device) -> 
     hw = parse_hw(args.image_size) if args.image_size else tuple(s.image_size)
     check_divisible(hw, 2 ** (len(cfg.autoencoder.channel_mult) - 1), "image size")
     precision = check_precision(args.precision or sampling_precision(device), device)
-    ae, flow = bundle.autoencoder.to(device), bundle.flow.to(device)
+    ae = bundle.autoencoder.to(device)
+    bundle.flow.to(device)
     shapes = ae.latent_shapes(*hw)
     if d.main:
-        print(f"{hw[0]}x{hw[1]} images from latents {' + '.join('x'.join(map(str, sh)) for sh in shapes)}, "
+        print(f"{hw[0]}x{hw[1]} images from latents {shapes_text(shapes)}, "
               + ("rk45 (adaptive)" if sampler == "rk45" else f"{steps} {sampler} steps")
               + f", {precision}, {'raw' if args.raw else 'EMA'} weights")
-    created = make_parents(out / "0.png")
-    done, nfes = 0, []
-    bar = tqdm(total=len(todo), desc="generate", unit="img", dynamic_ncols=True, disable=not d.main)
-    try:
-        for start in range(0, len(todo), args.batch_size):
-            ks = todo[start:start + args.batch_size]
-            noise = tuple(torch.stack(n).to(device) for n in zip(*(image_noise(args.seed, k, shapes) for k in ks)))
-            with autocast(device, precision):
-                img, nfe = pyramid_images(bundle, noise, sampler, steps)
-            nfes.append(nfe)
-            for k, x in zip(ks, img):
-                save_png(x, out / f"{k}.png")
-            done += len(ks)
-            bar.update(len(ks))
-    finally:
-        bar.close()
-        if not done:
-            remove_empty(created)
+    nfes = []
+
+    def make(ks):
+        noise = tuple(torch.stack(n).to(device) for n in zip(*(image_noise(args.seed, k, shapes) for k in ks)))
+        with autocast(device, precision):
+            img, nfe = pyramid_images(bundle, noise, sampler, steps)
+        nfes.append(nfe)
+        return img
+
+    done = write_images(todo, args.batch_size, out, d, make)
     print(f"{'' if d.world == 1 else f'rank {d.rank}: '}wrote {done} image(s) of {hw[0]}x{hw[1]} to {out}"
           + (f"; rk45 used {sum(nfes) / len(nfes):.1f} evaluations per batch (min {min(nfes)}, max {max(nfes)})"
              if sampler == "rk45" and nfes else ""))

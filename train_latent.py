@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from configs import assign, from_dict, override, validate
+from configs import assign, from_dict, get_preset, override, preset_names, validate
 from dataset import build_dataset
 from model import bundle_of, read, read_resume
 from model.patchdm.checkpoint import CODE_DDPM, DENOISER
@@ -139,11 +139,13 @@ def train_flow(args, ck: dict, device) -> int:
     if foreign:
         raise CLIError(f"{foreign[0]} is a Patch-DM setting; the pyramid flow model is trained by rectified flow on "
                        "the autoencoder's latents")
-    bundle = bundle_of(ck, args.model_path, raw=args.weights == "raw")
-    cfg = bundle.cfg
+    cfg = from_dict(ck["config"])
     run = Path(args.runs_dir) / args.name
     ckpt_path = run / "checkpoints" / "last.pt"
     old = read_resume(ckpt_path, FLOW, "train_latent.py")
+    if "flow_training" not in ck["config"] and cfg.name in preset_names():
+        preset = get_preset(cfg.name)  # an autoencoder trained before the flow settings existed: its preset's
+        cfg.flow, cfg.flow_training = preset.flow, preset.flow_training
     if old is not None:
         saved = from_dict(old["config"])
         cfg.flow, cfg.flow_training, cfg.sampling = saved.flow, saved.flow_training, saved.sampling
@@ -165,6 +167,7 @@ def train_flow(args, ck: dict, device) -> int:
     if old is not None:
         compatible_or_raise(old, cfg, ckpt_path, PYRAMID_FREE_ON_RESUME,
                             [f.strip() for f in args.allow_change.split(",") if f.strip()])
+    bundle = bundle_of(ck, args.model_path, raw=args.weights == "raw")
     task = FlowTask(cfg, run, D.Dist(), device, bundle.autoencoder, ck["networks"][AUTOENCODER],
                     str(args.model_path), args.allow_upscale)
     del ck

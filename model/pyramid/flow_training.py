@@ -22,13 +22,14 @@ from runtime.files import save_grid
 from runtime.images import View
 from runtime.rng import rng, seed_for
 from training import checkpoint as C
-from training.batches import every, local_batch
+from training.batches import local_batch
 from training.loop import LoopSettings, Task
 from ..common import count_params
 from .builders import build_flow
 from .checkpoint import AUTOENCODER, FAMILY, FLOW
 from .flow import FlowLoss
-from .sampling import image_noise, sample_latents
+from .sampling import image_noise, sample_latents, shapes_text
+from .training import loop_settings
 
 PREVIEW_STEPS = 50  # Euler steps of the training previews
 
@@ -40,14 +41,13 @@ def encode_images(autoencoder, data, stored: tuple, size: tuple, flip: bool, dev
     h, w = stored
     items = [(k, View(0, 0, h, w, tuple(size), m)) for m in ((False, True) if flip else (False,))
              for k in range(len(data))]
-    means, stds = None, None
+    means, stds = [], []
     for start in tqdm(range(0, len(items), batch), desc="encode", unit="batch", leave=False):
         x = torch.stack([data[item][0] for item in items[start:start + batch]]).to(device)
         posts = autoencoder.encode(x)
-        m, s = [p.mean for p in posts], [p.std for p in posts]
-        means = m if means is None else [torch.cat([a, b]) for a, b in zip(means, m)]
-        stds = s if stds is None else [torch.cat([a, b]) for a, b in zip(stds, s)]
-    return means, stds
+        means.append([p.mean for p in posts])
+        stds.append([p.std for p in posts])
+    return [torch.cat(m) for m in zip(*means)], [torch.cat(s) for s in zip(*stds)]
 
 
 class FlowTask(Task):
@@ -73,12 +73,7 @@ class FlowTask(Task):
         self.module = None
 
     def settings(self, log_every: int) -> LoopSettings:
-        t = self.config.flow_training
-        return LoopSettings(max_steps=t.max_steps or 2_000_000_000 // t.batch_size, batch_size=t.batch_size,
-                            save_every=every(t.save_every_samples, t.batch_size),
-                            preview_every=every(t.sample_every_samples, t.batch_size),
-                            log_every=log_every, grad_clip=t.grad_clip, precision=t.precision,
-                            ema_decay=t.ema_decay, desc="flow", unit="latents")
+        return loop_settings(self.config.flow_training, log_every, "flow", "latents")
 
     def optimizer(self):
         return torch.optim.Adam(self.network.parameters(), lr=self.config.flow_training.lr)
@@ -125,7 +120,7 @@ class FlowTask(Task):
     def describe(self, start: int) -> str:
         shapes = self.autoencoder.latent_shapes(*self.size)
         return (f"run {self.run}: {self.n_images} images ({len(self.means[0])} with mirrors) encoded by {self.source} "
-                f"to latents {' + '.join('x'.join(map(str, s)) for s in shapes)}; Pyramid NCSN++ of "
+                f"to latents {shapes_text(shapes)}; Pyramid NCSN++ of "
                 f"{count_params(self.network):,} parameters, {self.config.flow_training.precision}, "
                 f"{self.d.world} process(es), from step {start}")
 

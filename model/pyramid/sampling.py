@@ -31,6 +31,11 @@ def parse_levels(text: str | None, n: int):
     return keep
 
 
+def shapes_text(shapes: list) -> str:
+    """Latent shapes (C, h, w) as the docs write them: '8x16x8 + 4x8x16' (h x w x C)."""
+    return " + ".join(f"{h}x{w}x{c}" for c, h, w in shapes)
+
+
 def image_noise(seed: int, k: int, shapes: list) -> tuple:
     """The starting noise of image k: one tensor per latent shape (C, h, w), from its own generator."""
     g = rng(seed, "image", k)

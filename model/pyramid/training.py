@@ -48,6 +48,14 @@ def posterior_noise(autoencoder, x: torch.Tensor, seed: int, step: int, first: i
     return [n.to(x.device) for n in noise]
 
 
+def loop_settings(t, log_every: int, desc: str, unit: str) -> LoopSettings:
+    """The loop's settings from a training section of the family's config (ae_training, flow_training)."""
+    return LoopSettings(max_steps=t.max_steps or 2_000_000_000 // t.batch_size, batch_size=t.batch_size,
+                        save_every=every(t.save_every_samples, t.batch_size),
+                        preview_every=every(t.sample_every_samples, t.batch_size), log_every=log_every,
+                        grad_clip=t.grad_clip, precision=t.precision, ema_decay=t.ema_decay, desc=desc, unit=unit)
+
+
 class AutoencoderLoss(nn.Module):
     """The autoencoder plus its loss as one forward (DDP sees every parameter use): returns the per-image terms
     l1, kl (+ lpips, + gan once a discriminator is given). The last reconstruction is kept for the discriminator."""
@@ -104,12 +112,7 @@ class AutoencoderTask(Task):
         self.fixed, self.module, self.disc_losses = None, None, []
 
     def settings(self, log_every: int) -> LoopSettings:
-        t = self.config.ae_training
-        return LoopSettings(max_steps=t.max_steps or 2_000_000_000 // t.batch_size, batch_size=t.batch_size,
-                            save_every=every(t.save_every_samples, t.batch_size),
-                            preview_every=every(t.sample_every_samples, t.batch_size),
-                            log_every=log_every, grad_clip=t.grad_clip, precision=t.precision,
-                            ema_decay=t.ema_decay, desc="autoencoder", unit="images")
+        return loop_settings(self.config.ae_training, log_every, "autoencoder", "images")
 
     def optimizer(self):
         t = self.config.ae_training
