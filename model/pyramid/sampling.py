@@ -46,9 +46,9 @@ def image_noise(seed: int, k: int, shapes: list) -> tuple:
 def sample_latents(flow, noise: tuple, sampler: str, steps: int, eps: float, rtol: float = 1e-5,
                    atol: float = 1e-5) -> tuple:
     """Noise (a tuple of (B, C, h, w), finest first) -> (the autoencoder's latents, evaluations per image): the flow
-    model's ODE from t = 1 - eps to 0 with euler or heun over ``steps`` steps, or rk45 (adaptive), then the latent
-    scales undone."""
-    process = FlowProcess(steps, eps=eps)
+    model's ODE from t = 1 - eps to 0 with euler or heun over ``steps`` steps, or rk45 (adaptive; ``steps`` unused),
+    then the latent scales undone."""
+    process = FlowProcess(1 if sampler == "rk45" else steps, eps=eps)
 
     def model_fn(x, t, i):
         return flow(x, t)
@@ -61,8 +61,10 @@ def sample_latents(flow, noise: tuple, sampler: str, steps: int, eps: float, rto
 
 
 @torch.no_grad()
-def generate(bundle, noise: tuple, sampler: str, steps: int) -> tuple:
-    """(images (B, 3, H, W) in [-1, 1], evaluations per image) of a full checkpoint from its noise."""
+def generate(bundle, noise: tuple, sampler: str | None = None, steps: int | None = None) -> tuple:
+    """(images (B, 3, H, W) in [-1, 1], evaluations per image) of a full checkpoint's Bundle from its noise (one
+    tensor per latent, ``image_noise``); sampler and steps default to the checkpoint's sampling settings."""
     s = bundle.cfg.sampling
-    z, nfe = sample_latents(bundle.flow, noise, sampler, steps, bundle.cfg.flow_training.eps, s.rtol, s.atol)
+    z, nfe = sample_latents(bundle.flow, noise, sampler or s.sampler, steps or s.steps, bundle.cfg.flow_training.eps,
+                            s.rtol, s.atol)
     return bundle.autoencoder.decode(list(z)).clamp(-1, 1), nfe
