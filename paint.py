@@ -28,7 +28,7 @@ from tqdm import tqdm
 from diffusion import ONE_STEP, SAMPLERS
 from model import bundle_of, read
 from model.patchdm import CanvasOptions, Denoiser
-from model.patchdm.cli import check_sampler, parse_bands
+from model.patchdm.cli import add_seamless_args, check_sampler, parse_bands, seamless_option
 from model.patchdm.fit_code import FitOptions, fit_code
 from model.patchdm.grid import WRAPS
 from model.patchdm.sampling import bundle_codes, image_process, sample_canvas
@@ -68,6 +68,7 @@ def build_parser():
     ap.add_argument("--cfg_scale", type=float, default=None, help="guidance w (default: the checkpoint's)")
     ap.add_argument("--wrap", default="", choices=list(WRAPS), help="circular padding (panoramas, tiles)")
     ap.add_argument("--bands", default="auto", help="as test.py: auto, off, R or RxC tiles per band")
+    add_seamless_args(ap)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--raw", action="store_true", help="raw (non-EMA) weights of every network in the checkpoint")
     ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default CUDA when present)")
@@ -214,6 +215,7 @@ def main(argv=None) -> int:
     precision = check_precision(args.precision or sampling_precision(device), device)
     w = cfg.sampling.cfg_scale if args.cfg_scale is None else args.cfg_scale
     band_rows, band_cols = parse_bands(args.bands, 2 if w else 1, x.shape[-2:], p)
+    seamless = seamless_option(args, cfg.sampling, cfg.model.collage)
     b.net, x, m = net.to(device), x.to(device), m.to(device)
     if b.latent is not None:
         b.latent = b.latent.to(device)
@@ -221,7 +223,8 @@ def main(argv=None) -> int:
     for k, path in enumerate(paths):
         code = choose_code(args, b, x, m, device, k)
         x_T = torch.randn(x.shape, generator=rng(args.seed, "image", k)).to(device)
-        opts = CanvasOptions(w, band_rows, band_cols, args.wrap, args.seed + k, cfg.sampling.clip_x0, in_place=True)
+        opts = CanvasOptions(w, band_rows, band_cols, args.wrap, args.seed + k, cfg.sampling.clip_x0, in_place=True,
+                             seamless=seamless)
         with torch.no_grad(), autocast(device, precision):
             img = sample_canvas(den, x_T, code, process, sampler, opts, known=(x, m), resample=args.resample,
                                 progress=True)

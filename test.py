@@ -32,12 +32,13 @@ from tqdm import tqdm
 
 from dataset import IMAGE_EXTS, geometric_transform
 
-from diffusion import SAMPLERS, evaluations
+from diffusion import SAMPLERS
 from model import bundle_of, load, read
 from model.patchdm import CanvasOptions, Denoiser
-from model.patchdm.cli import check_sampler, parse_bands
+from model.patchdm.cli import add_seamless_args, check_sampler, parse_bands, seamless_option
 from model.patchdm.fast import COMPILE_MODES, COMPILE_SCOPES, cast_weights, speed_up
 from model.patchdm.grid import WRAPS
+from model.patchdm.seamless import evaluations as seamless_evaluations
 from model.patchdm.sampling import bundle_codes, per_image_noise, sample_canvas, sampling_process
 from model.pyramid.checkpoint import FLOW
 from model.pyramid.sampling import generate as pyramid_images, image_noise, parse_levels, \
@@ -102,6 +103,7 @@ def build_parser():
     ap.add_argument("--bands", default="auto",
                     help="decode the canvas in bands of tiles, bounding memory at any size with the same images: "
                          "auto (default), off (all patches at once, the official way), R or RxC tiles per band")
+    add_seamless_args(ap)
     return ap
 
 
@@ -245,20 +247,25 @@ def generate(args, d: D.Dist) -> None:
     sampler = check_sampler(args.sampler, cfg.diffusion.objective, steps, cfg.diffusion.num_timesteps)
     check_sampler(args.latent_sampler, cfg.latent.objective, latent_steps, cfg.latent.num_timesteps)
     band_rows, band_cols = parse_bands(args.bands, args.batch_size * (2 if w else 1), hw, p)
+    seamless = seamless_option(args, cfg.sampling, cfg.model.collage)
+    process = sampling_process(cfg.diffusion, sampler, steps)
     if d.main:
         name = {"ddim": "DDIM", "euler": "Euler"}.get(sampler, sampler)
-        nfe = evaluations(sampler, steps)
+        nfe = seamless_evaluations(seamless, process, sampler)
         print(f"{hw[0]}x{hw[1]} images, {cfg.diffusion.objective} model, {steps} {name} steps"
               + (f" ({nfe} evaluations)" if nfe != steps else "")
               + (f" after {latent_steps} latent steps" if latent is not None and fixed is None else "")
               + (f", codes {args.codes}" if fixed is not None else "")
+              + (f", seamless {seamless.method}" + (f" x{seamless.views}" if seamless.views > 1 else "")
+                 + f" below sigma/alpha {seamless.below:g}" if seamless else "")
               + f", guidance {w}, {precision}, {'raw' if args.raw else 'EMA'} weights")
     # cast_weights: the same function in less memory
     unet = speed_up(cast_weights(unet.to(device), precision), args.compile, scope=args.compile_scope)
     if latent is not None:
         bundle.latent = latent = latent.to(device)
-    den, process = Denoiser(unet, p, cfg.model.collage), sampling_process(cfg.diffusion, sampler, steps)
-    opts = CanvasOptions(w, band_rows, band_cols, args.wrap, args.seed, cfg.sampling.clip_x0, in_place=True)
+    den = Denoiser(unet, p, cfg.model.collage)
+    opts = CanvasOptions(w, band_rows, band_cols, args.wrap, args.seed, cfg.sampling.clip_x0, in_place=True,
+                         seamless=seamless)
 
     def make(ks):
         z_T, x_T = zip(*(per_image_noise(args.seed, k, cfg.model.code_dim, hw) for k in ks))
@@ -296,7 +303,8 @@ def write_images(todo: list, batch_size: int, out: Path, d: D.Dist, make) -> int
 
 
 PATCHDM_ONLY = {"codes": None, "cfg_scale": None, "patch_size": None, "latent_steps": None, "wrap": "",
-                "compile": "none", "bands": "auto"}
+                "compile": "none", "bands": "auto", "seamless": None, "seamless_views": None,
+                "seamless_below": None}
 
 
 def generate_pyramid(args, d: D.Dist, bundle, out: Path, todo: list, device) -> None:

@@ -35,6 +35,7 @@ from runtime.device import DTYPES
 from model.patchdm.cli import parse_bands
 from runtime.cli import parse_hw
 from model.patchdm.fast import cast_weights, set_checkpointing
+from model.patchdm.seamless import parse
 
 BLOCK = 512  # bytes: the CUDA caching allocator rounds every allocation up to this
 
@@ -107,9 +108,10 @@ def fake_autocast(device_type: str, precision: str):
 
 
 def sampling_peak(preset: str, hw: tuple, batch: int, precision: str = "bf16", bands: str = "auto",
-                  cfg_scale: float = 0.0, steps: int = 2, sampler: str = "ddim") -> float:
+                  cfg_scale: float = 0.0, steps: int = 2, sampler: str = "ddim", seamless=None) -> float:
     """Estimated peak bytes of ``ddim_sample_canvas`` (``sample_canvas`` with another sampler: 3 steps, so a
-    multistep solver's history is live) as benchmarks/sample_speed.py and test.py run it."""
+    multistep solver's history is live) as benchmarks/sample_speed.py and test.py run it; seamless: a Seamless
+    (model/patchdm/seamless.py) or None."""
     cfg = get_preset(preset)
     p = cfg.model.patch_size
     br, bc = parse_bands(bands, batch * (2 if cfg_scale else 1), hw, p)
@@ -126,10 +128,10 @@ def sampling_peak(preset: str, hw: tuple, batch: int, precision: str = "bf16", b
         with live, fake_autocast("cuda", precision):
             if sampler == "ddim":
                 ddim_sample_canvas(unet, x_T, code, steps=steps, patch_size=p, cfg_scale=cfg_scale, band_rows=br,
-                                   band_cols=bc, in_place=True)
+                                   band_cols=bc, in_place=True, seamless=seamless)
             else:
                 sample_canvas(Denoiser(unet, p), x_T, code, sched, sampler,
-                              CanvasOptions(cfg_scale, br, bc, in_place=True))
+                              CanvasOptions(cfg_scale, br, bc, in_place=True, seamless=seamless))
     return live.peak
 
 
@@ -182,6 +184,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bands", default="auto", help="sampling: comma-separated; auto, off, R or RxC (as test.py)")
     ap.add_argument("--cfg_scale", type=float, default=0.0)
     ap.add_argument("--sampler", default="ddim", help="sampling: ddim, dpmpp2m, dpmpp3m (diffusion/samplers.py)")
+    ap.add_argument("--seamless", default="off", help="sampling: off, shift, average or blend, METHOD:VIEWS for more "
+                                                     "grids (test.py --seamless)")
     ap.add_argument("--train", action="store_true", help="estimate a training step instead of sampling")
     ap.add_argument("--batch", type=int, default=96, help="training batch")
     ap.add_argument("--checkpointing", action="store_true", help="training: activation checkpointing per block")
@@ -192,6 +196,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.smoke:
         args.preset, args.sizes, args.batches, args.bands, args.batch = "tiny", "16x24,32x48", "1,2", "off,1x2", 2
+    method, _, views = args.seamless.partition(":")
+    seamless = parse(method, int(views) if views else None)
     rows = []
     for precision in args.precision.split(","):
         if args.train:
@@ -205,12 +211,12 @@ def main(argv=None) -> int:
             for batch in (int(b) for b in args.batches.split(",")):
                 for bands in args.bands.split(","):
                     peak = sampling_peak(args.preset, parse_hw(size), batch, precision, bands, args.cfg_scale,
-                                         sampler=args.sampler)
+                                         sampler=args.sampler, seamless=seamless)
                     rows.append(dict(preset=args.preset, what="sample", size=size, batch=batch, precision=precision,
-                                     bands=bands, cfg=args.cfg_scale, sampler=args.sampler,
+                                     bands=bands, cfg=args.cfg_scale, sampler=args.sampler, seamless=args.seamless,
                                      est_peak_gib=peak / 2 ** 30))
     cols = (["batch", "precision", "checkpointing", "est_peak_gib"] if args.train
-            else ["size", "batch", "precision", "bands", "cfg", "sampler", "est_peak_gib"])
+            else ["size", "batch", "precision", "bands", "cfg", "sampler", "seamless", "est_peak_gib"])
     emit(rows, args.out, cols)
     return 0
 

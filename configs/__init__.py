@@ -12,12 +12,12 @@ from __future__ import annotations
 from . import patchdm, pyramid
 from .common import PRECISIONS, TRANSFORMS, DataConfig
 from .fields import assign, from_fields, override, to_dict, value
-from .patchdm import (COLLAGES, CODE_SOURCES, OBJECTIVES, PATCH_ARCH, DiffusionConfig, LatentConfig, ModelConfig,
-                      PatchDMConfig, SamplingConfig, TrainingConfig, set_patch_size)
+from .patchdm import (COLLAGES, CODE_SOURCES, OBJECTIVES, PATCH_ARCH, SEAMLESS, DiffusionConfig, LatentConfig,
+                      ModelConfig, PatchDMConfig, SamplingConfig, TrainingConfig, set_patch_size)
 
 __all__ = ["FAMILIES", "get_preset", "preset_names", "preset_help", "from_dict", "to_dict", "override", "assign",
            "value", "validate", "PatchDMConfig", "ModelConfig", "DiffusionConfig", "DataConfig", "TrainingConfig",
-           "LatentConfig", "SamplingConfig", "PATCH_ARCH", "set_patch_size", "COLLAGES", "CODE_SOURCES",
+           "LatentConfig", "SamplingConfig", "PATCH_ARCH", "set_patch_size", "COLLAGES", "CODE_SOURCES", "SEAMLESS",
            "OBJECTIVES", "PRECISIONS", "TRANSFORMS"]
 
 # family name -> (config class, its presets module: preset_names(), get_preset(name))

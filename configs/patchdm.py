@@ -88,6 +88,9 @@ class SamplingConfig:
     latent_steps: int = 50                  # official: ddim50
     cfg_scale: float = 0.0                  # 0 = no guidance; the official w is 0.5 with CFG
     clip_x0: bool = True                    # official
+    seamless: str = ""                      # official: '' (the one grid); shift, average or blend (beyond the paper)
+    seamless_views: int = 0                 # grids per step of average / blend (0: the method's default)
+    seamless_below: float = 0.5             # the grids move at the steps with sigma / alpha at most this
 
 
 @dataclass
@@ -204,6 +207,7 @@ def get_preset(name: str) -> PatchDMConfig:
 CODE_SOURCES = ("table", "encoder", "none")
 COLLAGES = ("feature", "pixel_fixed", "pixel_random", "none")
 OBJECTIVES = ("eps", "v", "flow")
+SEAMLESS = ("shift", "average", "blend")  # model/patchdm/seamless.py
 
 
 def check_patchdm(cfg: PatchDMConfig) -> None:
@@ -240,3 +244,10 @@ def check_patchdm(cfg: PatchDMConfig) -> None:
     c.check(1 <= s.steps <= d.num_timesteps, "sampling.steps", s.steps, f"must be in 1..{d.num_timesteps}")
     c.check(1 <= s.latent_steps <= lat.num_timesteps, "sampling.latent_steps", s.latent_steps,
             f"must be in 1..{lat.num_timesteps}")
+    c.check(s.seamless in ("", *SEAMLESS), "sampling.seamless", s.seamless,
+            f"choose {', '.join(SEAMLESS)} or '' (off)")
+    c.at_least("sampling", 0, "seamless_views", "seamless_below")
+    c.check(s.seamless in ("average", "blend") or s.seamless_views == 0, "sampling.seamless_views",
+            s.seamless_views, "is for sampling.seamless average or blend (0: their default)")
+    c.check(not s.seamless or m.collage == "feature", "sampling.seamless", s.seamless,
+            "moves the feature collage's grid; the pixel-space collages shift their own ('' for off)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 PURPOSES = ("image", "window", "timesteps", "noise", "dropout", "offset", "order", "latent", "shift", "fit",
-            "known", "preview", "crop")
+            "known", "preview", "crop", "seamless")
 _MULT, _MOD = 1_000_003, 2 ** 63
 
 

@@ -3,8 +3,8 @@
     python scripts/quickstart.py -i my_photos/ -o qs                  # CPU-sized: small preset, v objective
     python scripts/quickstart.py -i my_photos/ -o qs --clip_pretrained none --steps 1000   # no CLIP weights here
 
-Beyond the paper: the defaults (small preset, 64x128 images, patch 16, the v objective, raw weights) are what gives
-images on a 2-core CPU in minutes (docs/EVALUATION.md, "Objectives on real photos"); the paper's recipe is train.py
+Beyond the paper: the defaults (small preset, 64x128 images, patch 16, the v objective, raw weights, seamless
+sampling) are what gives images on a 2-core CPU in minutes (docs/EVALUATION.md, "Objectives on real photos"); the paper's recipe is train.py
 with a paper preset and the eps objective (README, "Quick start"). Each step is the project's own command line, run
 only when its result is missing, so re-running the same command continues an interrupted chain (train.py resumes)
 and never replaces anything already made. Writes into OUT/:
@@ -43,6 +43,9 @@ def main() -> int:
     ap.add_argument("--latent_objective", default="v", choices=["eps", "v"],
                     help="the latent MLP's target: v (default here: codes near the table's), or the paper's eps")
     ap.add_argument("--num", type=int, default=8, help="unconditional images")
+    ap.add_argument("--seamless", default="shift", choices=["off", "shift", "average", "blend"],
+                    help="sampling without the patch grid, in the previews and samples (recorded in the run's "
+                         "sampling.seamless; default shift; off: the paper's sampler; docs/EVALUATION.md)")
     ap.add_argument("--clip_pretrained", default=None,
                     help="initialize.py --clip_pretrained (default: its own, OpenAI's weights from the local cache)")
     ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
@@ -63,9 +66,10 @@ def main() -> int:
     data = build_dataset(str(lmdb), get_preset(args.config).data)
     batch = min(args.batch_size, len(data))  # a batch cannot hold more images than there are
     ckpt = runs / "patchdm" / "checkpoints" / "last.pt"
+    seamless = [] if args.seamless == "off" else ["--set", f"sampling.seamless={args.seamless}"]
     run(["train.py", "--config", args.config, "-d", lmdb, "--semantic_path", codes, "-n", "patchdm",
          "--objective", args.objective, "-b", batch, "--max_steps", args.steps, "--runs_dir", runs,
-         "--log_every", 100, *dev])
+         "--log_every", 100, *seamless, *dev])
     full = runs / "latent" / "checkpoints" / "last.pt"
     znorm = ["--znormalize"] if len(data) > 1 else []  # a standard deviation needs two codes
     run(["train_latent.py", "-m", ckpt, "-n", "latent", "--weights", "raw", "--max_steps", args.latent_steps,

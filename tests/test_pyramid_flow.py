@@ -270,6 +270,7 @@ def test_bad_input_gets_one_line(tiny_ae, tmp_path, capsys, photos):
                                             "flow.progressive=sideways"], "flow.progressive"),
         (test.main, ["-f", str(tiny_ae), "-g", str(tmp_path / "o1")], "train_latent.py"),
         (test.main, ["-f", str(full), "-g", str(tmp_path / "o2"), "--codes", "0", "--raw"], "Patch-DM option"),
+        (test.main, ["-f", str(full), "-g", str(tmp_path / "o2"), "--seamless", "--raw"], "Patch-DM option"),
         (test.main, ["-f", str(full), "-g", str(tmp_path / "o3"), "--sampler", "ddim", "--raw"], "euler, heun or rk45"),
         (test.main, ["-f", str(full), "-g", str(tmp_path / "o4"), "--image_size", "15x24", "--raw"], "image size"),
         (load_script("paint").main, ["outpaint", "-f", str(full), "-i", str(photos / "img0.jpg"), "--canvas",

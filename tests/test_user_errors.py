@@ -225,6 +225,32 @@ def test_zero_steps_and_batches_are_refused(young_full, tmp_path, capsys):
     assert not (tmp_path / "g").exists()
 
 
+@pytest.mark.parametrize("script,flags,says", [
+    ("test", ["--seamless", "zigzag"], "choose one of shift, average, blend"),
+    ("test", ["--seamless", "shift", "--seamless_views", "2"], "takes 1 view"),
+    ("test", ["--seamless", "blend", "--seamless_views", "0"], "views >= 1"),
+    ("test", ["--seamless_views", "3"], "--seamless_views needs --seamless"),
+    ("test", ["--seamless_below", "0.3"], "--seamless_below needs --seamless"),
+    ("test", ["--seamless", "--seamless_below", "-1"], "must be at least 0"),
+    ("paint", ["--seamless", "zigzag"], "choose one of shift, average, blend"),
+    ("test", ["--seamless", "--set_pixel"], "--collage pixel_random"),
+])
+def test_seamless_refusals_are_one_line(young_full, tmp_path, capsys, script, flags, says):
+    """Every --seamless combination the command lines refuse, before anything is written."""
+    full = str(young_full / "lat" / "checkpoints" / "last.pt")
+    if "--set_pixel" in flags:  # a pixel-collage model: its sampler shifts its own grid
+        full, flags = str(ROOT / "tests" / "data" / "pins" / "train_pixel_flow.pt"), ["--seamless", "--codes", "0"]
+    out = tmp_path / "g"
+    if script == "test":
+        argv = ["-f", full, "-g", str(out), "--img_num", "1", "--device", "cpu", "--steps", "1", "--raw", *flags]
+    else:
+        Image.fromarray(photo(16, 24, 0)).save(tmp_path / "in.png")
+        argv = ["outpaint", "-f", full, "-i", str(tmp_path / "in.png"), "--canvas", "16x32", "-o", str(out),
+                "--device", "cpu", "--raw", *flags]
+    assert says in one_error(capsys, (sample if script == "test" else paint).main, argv)
+    assert not out.exists()
+
+
 def test_young_emas_are_reported_where_they_are_sampled(young_full, tmp_path, capsys):
     full = young_full / "lat" / "checkpoints" / "last.pt"
     capsys.readouterr()

@@ -53,8 +53,9 @@ def ddim_sample_canvas(unet, x_T: torch.Tensor, code: torch.Tensor, steps: int =
     (B, 3, H, W) in [-1, 1]. ``options`` are those of CanvasOptions: band_rows / band_cols (None, None for all
     patches at once; otherwise the canvas is updated band by band in place, the same result), clip_x0, wrap ('x',
     'y', 'xy'), seed (the random draws of the ablations and of inpainting), in_place (the banded sampler may overwrite
-    x_T instead of a copy). Beyond the official sampler: wrap, collage (the ablations), known = (x_known, mask) with
-    resample (inpainting, diffusion/inpaint.py).
+    x_T instead of a copy), seamless (a Seamless: moved or combined patch grids, seamless.py). Beyond the official
+    sampler: wrap, seamless, collage (the ablations), known = (x_known, mask) with resample (inpainting,
+    diffusion/inpaint.py).
     """
     den = Denoiser(unet, patch_size, collage)
     return sample_canvas(den, x_T, code, (process or make_process()).respace(steps), "ddim",

@@ -59,10 +59,10 @@ def check_canvas(h: int, w: int, p: int) -> None:
 
 def canvas_prediction(unet, x_t: torch.Tensor, t: torch.Tensor, code: torch.Tensor, patch_size: int,
                       pos_keep: torch.Tensor | None = None, band_rows: int | None = None,
-                      band_cols: int | None = None, wrap: str = "") -> torch.Tensor:
+                      band_cols: int | None = None, wrap: str = "", offset: tuple = (0, 0)) -> torch.Tensor:
     """One denoiser evaluation over whole canvases.
 
-    x_t (B, 3, H, W); t (B,) original integer timesteps; code (B, D); pos_keep (B,) 0/1 (CFG) or None.
+    x_t (B, 3, H, W); t (B,) original integer timesteps; code (B, D); pos_keep (B,) or None.
     Pad by p/2, encode the (N+1)x(M+1) padded grid at integer positions, collage, decode the N x M tiles at
     half-integer positions, stitch. Returns the prediction (B, 3, H, W) (eps for the paper's objective).
 
@@ -72,6 +72,9 @@ def canvas_prediction(unet, x_t: torch.Tensor, t: torch.Tensor, code: torch.Tens
 
     wrap ('x', 'y', 'xy'): pad those axes circularly instead of with zeros, so the decoder tiles at one edge see the
     encoder features of the opposite edge and the result tiles seamlessly across the wrap (not in the official code).
+
+    offset (dy, dx), 0 <= d < p: the patch grid moved dy pixels up and dx left (``canvas_prediction_bands``; the
+    seamless samplers, seamless.py). (0, 0) is the official grid.
     """
     p = patch_size
     b, _, h, w = x_t.shape
@@ -79,17 +82,18 @@ def canvas_prediction(unet, x_t: torch.Tensor, t: torch.Tensor, code: torch.Tens
     rows, cols = h // p + 1, w // p + 1
     if band_cols is not None and band_rows is None:
         band_rows = rows - 1
-    if band_rows is None or (band_rows >= rows - 1 and band_cols is None):
+    if tuple(offset) == (0, 0) and (band_rows is None or (band_rows >= rows - 1 and band_cols is None)):
         hid, skips, _, _ = encode_grid(unet, split(pad_half(x_t, p, wrap), p), (rows, cols), (0, 0), t, code,
                                        pos_keep)
         out = decode_collaged(unet, hid, skips, (rows, cols), (0, 0), t, code, pos_keep)
         return stitch(out, (rows - 1, cols - 1))
-    bands = canvas_prediction_bands(unet, x_t, t, code, p, band_rows, pos_keep, band_cols, wrap)
+    bands = canvas_prediction_bands(unet, x_t, t, code, p, band_rows or rows, pos_keep, band_cols, wrap,
+                                    offset=offset)
     return torch.cat([out for _, out in bands], dim=2)
 
 
 def canvas_prediction_bands(unet, x_t, t, code, p: int, band_rows: int, pos_keep=None, band_cols: int | None = None,
-                            wrap: str = "", repeat: int = 1):
+                            wrap: str = "", repeat: int = 1, offset: tuple = (0, 0)):
     """Yield (pixel_rows, prediction) for successive bands of ``band_rows`` tile rows, top to bottom.
 
     Tile row i only needs padded rows i and i+1, so each band encodes its new padded rows (read from x_t when the
@@ -100,23 +104,32 @@ def canvas_prediction_bands(unet, x_t, t, code, p: int, band_rows: int, pos_keep
     With a vertical wrap the last padded row reads the canvas's first rows, so they are copied when the first band is
     computed, before a streaming caller updates them. repeat=k evaluates k copies of the batch (t, code, pos_keep
     have k*B rows, copy-major: the guided batch of ``cfg_conditions``) while only each band's rows are copied.
+
+    offset (dy, dx), 0 <= d < p, moves the patch grid dy pixels up and dx left: tile (i, j) covers canvas pixels
+    (i p - dy .., j p - dx ..), so ceil((H + dy) / p) x ceil((W + dx) / p) tiles cover the canvas and what falls
+    outside it is cropped off (read as zeros, or circularly along ``wrap``). Positions follow the image: a tile at
+    pixel (y, x) is at position (y / p + 1/2, x / p + 1/2) whatever the offset, the fractional positions between
+    the grid's that the sinusoidal embedding interpolates (docs/EVALUATION.md, "Seamless sampling").
     """
     if band_rows < 1:
         raise ValueError(f"band_rows must be at least 1, got {band_rows}")
     _, _, h, w = x_t.shape
+    dy, dx = offset
     b = x_t.shape[0] * repeat
     check_canvas(h, w, p)
-    rows, cols = h // p + 1, w // p + 1
-    head = x_t[..., :p // 2, :].clone() if wrap_axes(wrap)[0] else None
+    if not (0 <= dy < p and 0 <= dx < p):
+        raise ValueError(f"grid offset {tuple(offset)} outside 0..{p - 1}")
+    rows, cols = -(-(h + dy) // p) + 1, -(-(w + dx) // p) + 1
+    head = x_t[..., :min(h, p // 2 + p), :].clone() if wrap_axes(wrap)[0] else None
     carry = None  # encoder features [h, *skips] of the last padded row encoded so far (one row of patches)
     for r0 in range(0, rows - 1, band_rows):
         r1 = min(r0 + band_rows, rows - 1)  # decoder rows r0..r1-1 need padded rows r0..r1
         first = r0 if carry is None else r0 + 1
-        rows_in = padded_rows(x_t, first, r1 + 1, p, wrap, head)
+        rows_in = padded_rows(x_t, first, r1 + 1, p, wrap, head, offset, cols)
         if repeat > 1:
             rows_in = rows_in.repeat(repeat, 1, 1, 1)
-        hid, skips, _, _ = encode_grid(unet, split(rows_in, p), (r1 + 1 - first, cols), (first, 0), t, code,
-                                       pos_keep)
+        hid, skips, _, _ = encode_grid(unet, split(rows_in, p), (r1 + 1 - first, cols), (first - dy / p, -dx / p),
+                                       t, code, pos_keep)
         rows_in = None
         new, hid, skips = [hid, *skips], None, None
         n_rows, step = r1 + 1 - r0, band_cols or cols - 1
@@ -124,7 +137,8 @@ def canvas_prediction_bands(unet, x_t, t, code, p: int, band_rows: int, pos_keep
         for c0 in range(0, cols - 1, step):
             c1 = min(c0 + step, cols - 1)  # tile columns c0..c1-1 need padded columns c0..c1
             sub = _band_features(carry, new, b, cols, c0, c1 + 1)
-            out = decode_collaged(unet, sub[0], sub[1:], (n_rows, c1 + 1 - c0), (r0, c0), t, code, pos_keep)
+            out = decode_collaged(unet, sub[0], sub[1:], (n_rows, c1 + 1 - c0), (r0 - dy / p, c0 - dx / p), t,
+                                  code, pos_keep)
             sub = None
             parts.append(stitch(out, (n_rows - 1, c1 - c0)))
         # Only the last padded row is kept for the next band (a copy when the band encoded several rows), so that
@@ -132,27 +146,43 @@ def canvas_prediction_bands(unet, x_t, t, code, p: int, band_rows: int, pos_keep
         carry = new if r1 + 1 - first == 1 else [_last_row(f, b, cols).clone() for f in new]
         new = None
         out, parts = torch.cat(parts, dim=3), None
-        yield slice(r0 * p, r1 * p), out
+        y0, y1 = max(0, r0 * p - dy), min(h, r1 * p - dy)  # the canvas rows of the band
+        if (dy, dx) != (0, 0):
+            out = out[..., y0 - (r0 * p - dy):y1 - (r0 * p - dy), dx:dx + w]
+        yield slice(y0, y1), out
 
 
-def padded_rows(x: torch.Tensor, a: int, b_: int, p: int, wrap: str = "", head: torch.Tensor | None = None):
-    """Patch rows a..b-1 of the half-patch-padded canvas, (B, C, (b-a)*p, W+p), without padding the whole canvas.
+def _read(x: torch.Tensor, lo: int, hi: int, dim: int, circular: bool, tail: torch.Tensor | None = None):
+    """Indices lo..hi-1 of x along ``dim``, those outside 0..n-1 as zeros, or circularly (modulo n) when
+    ``circular``; indices from n on are then read from ``tail`` (default x; a copy of x's first entries taken before
+    a streaming caller updated them)."""
+    n = x.shape[dim]
+    if circular:
+        tail = x if tail is None else tail
+        cut = min(max(lo, n), hi)  # indices from here on are read from the tail
+        ahead = torch.arange(lo, cut, device=x.device) % n
+        after = torch.arange(cut, hi, device=x.device) % n
+        if not len(after):
+            return x.index_select(dim, ahead)
+        return torch.cat([x.index_select(dim, ahead), tail.index_select(dim, after)], dim=dim)
+    before, inside = max(0, min(hi, 0) - lo), max(0, min(hi, n) - max(lo, 0))
+    pads = [0, 0] * (x.dim() - dim % x.dim())
+    pads[-2:] = [before, hi - lo - before - inside]
+    return F.pad(x.narrow(dim, min(max(lo, 0), n), inside), pads)
+
+
+def padded_rows(x: torch.Tensor, a: int, b_: int, p: int, wrap: str = "", head: torch.Tensor | None = None,
+                offset: tuple = (0, 0), cols: int | None = None):
+    """Patch rows a..b-1 of the half-patch-padded canvas, (B, C, (b-a)*p, cols*p), without padding the whole canvas.
 
     With a vertical wrap the rows above the canvas come from its bottom and those below from ``head`` (the first
-    p/2 rows, default: read from x now)."""
-    s, h = p // 2, x.shape[-2]
-    lo, hi = a * p - s, b_ * p - s  # in un-padded pixel rows
-    top, bottom = max(0, -lo), max(0, hi - h)
-    part = x[..., max(0, lo):min(h, hi), :]
+    rows, default: read from x now). offset (dy, dx) moves the grid dy pixels up and dx left; ``cols`` padded
+    columns are read (default W/p + 1)."""
+    s, (dy, dx) = p // 2, offset
     wy, wx = wrap_axes(wrap)
-    if wy and (top or bottom):
-        head = x[..., :s, :] if head is None else head
-        part = torch.cat([x[..., h - top:, :], part, head[..., :bottom, :]], dim=-2)
-        top = bottom = 0
-    if wx:
-        part = F.pad(part, (s, s, 0, 0), mode="circular")
-        s = 0
-    return F.pad(part, (s, s, top, bottom))
+    part = _read(x, a * p - s - dy, b_ * p - s - dy, -2, wy, head)
+    cols = cols or x.shape[-1] // p + 1
+    return _read(part, -s - dx, cols * p - s - dx, -1, wx)
 
 
 def _band_features(carry, new, batch: int, cols: int, c0: int, c1: int) -> list:

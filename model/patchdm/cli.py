@@ -1,11 +1,12 @@
-"""What Patch-DM's command lines (test.py, paint.py) share: --bands and the sampler / steps checks, with one-line
-errors before any work starts."""
+"""What Patch-DM's command lines (test.py, paint.py) share: --bands, --seamless and the sampler / steps checks, with
+one-line errors before any work starts."""
 
 from __future__ import annotations
 
 from diffusion import canonical, space_timesteps, spacing, supported
 from runtime.errors import CLIError
 from .canvas import auto_band
+from .seamless import BELOW, DEFAULT, METHODS, parse
 
 
 def parse_bands(text: str, batch: int, hw: tuple, p: int) -> tuple:
@@ -43,3 +44,35 @@ def check_sampler(sampler: str | None, objective: str, steps: int, num_timesteps
     elif not 1 <= steps <= num_timesteps:
         raise CLIError(f"{sampler} needs 1..{num_timesteps} steps, got {steps}")
     return sampler
+
+
+def add_seamless_args(ap) -> None:
+    """--seamless [METHOD] and --seamless_views K (model/patchdm/seamless.py)."""
+    ap.add_argument("--seamless", nargs="?", const=DEFAULT, default=None, metavar="METHOD",
+                    help=f"remove the patch grid at sampling time (beyond the paper): {', '.join(METHODS)} or off "
+                         f"(plain --seamless: {DEFAULT}; default: the checkpoint's sampling.seamless, off unless set); "
+                         "docs/EVALUATION.md, \"Seamless sampling\"")
+    ap.add_argument("--seamless_views", type=int, default=None, metavar="K",
+                    help="--seamless average / blend: grids per step, K x the network evaluations of those steps "
+                         "(default 2)")
+    ap.add_argument("--seamless_below", type=float, default=None, metavar="R",
+                    help=f"--seamless: move the grids at the steps whose noise-to-signal ratio sigma/alpha is at most "
+                         f"R (default {BELOW}; inf: every step, which loses layout)")
+
+
+def seamless_option(args, sampling, collage: str):
+    """The Seamless of --seamless / --seamless_views, or of the checkpoint's sampling config when not given; None for
+    off. One line for a bad value or a model whose collage moves its own grid."""
+    method = args.seamless if args.seamless is not None else sampling.seamless
+    views = args.seamless_views if args.seamless_views is not None else (sampling.seamless_views or None)
+    below = args.seamless_below
+    if below is None and method and method != "off":
+        below = sampling.seamless_below
+    try:
+        spec = parse(method, views, below)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    if spec is not None and collage != "feature":
+        raise CLIError(f"--seamless moves the feature collage's patch grid; this model was trained with "
+                       f"--collage {collage}, whose sampler shifts its own grid")
+    return spec

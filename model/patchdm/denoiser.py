@@ -16,6 +16,7 @@ import torch
 from .canvas import canvas_prediction_bands, check_canvas
 from .grid import window_crop, window_slice
 from .modes import collage_mode
+from .seamless import Seamless, merge_bands
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,10 @@ class CanvasOptions:
     """How a canvas is sampled. cfg_scale: guidance w ((1 + w) out(code, pos) - w out(0, null pos); 0 = none);
     band_rows / band_cols: decode that many tile rows / columns at a time (None: all at once; bounded memory, the
     same result); wrap: '', 'x', 'y' or 'xy' (circular padding: panoramas, tiles); seed: the random draws of the
-    sampling (the pixel-space modes' grid shifts, inpainting's noise); clip_x0: clip the predicted x0 to [-1, 1]
-    (the official sampler does); in_place: a banded sampler may overwrite x_T instead of a copy."""
+    sampling (the pixel-space modes' grid shifts, inpainting's noise, the seamless grid offsets); clip_x0: clip the
+    predicted x0 to [-1, 1] (the official sampler does); in_place: a banded sampler may overwrite x_T instead of a
+    copy; seamless: move or combine patch grids per step (seamless.py; None: the official grid, feature collage
+    only)."""
     cfg_scale: float = 0.0
     band_rows: int | None = None
     band_cols: int | None = None
@@ -32,6 +35,7 @@ class CanvasOptions:
     seed: int = 0
     clip_x0: bool = True
     in_place: bool = False
+    seamless: Seamless | None = None
 
     @property
     def banded(self) -> bool:
@@ -79,21 +83,29 @@ class Denoiser:
         return cfg_combine(self.mode.predict(self.net, self.p, torch.cat([x_t, x_t]), t2, code2, opts, keep, step),
                            opts.cfg_scale)
 
-    def predict_bands(self, x_t, t, code, opts: CanvasOptions):
+    def predict_bands(self, x_t, t, code, opts: CanvasOptions, step: int = 0):
         """Yield (pixel rows, prediction) band by band of opts.band_rows tile rows (default: all), top to bottom
         (feature collage only). A band reads only rows below those already yielded, so the caller may update x_t in
         place between bands; with guidance only each band's rows are doubled, never the canvas
-        (``canvas_prediction_bands``)."""
+        (``canvas_prediction_bands``). With opts.seamless the grids of sampling step ``step`` are merged row by
+        row."""
         if not self.streams:
             raise ValueError(f"the {self.mode.name} collage cannot be evaluated in streamed bands")
-        rows = opts.band_rows or x_t.shape[-2] // self.p
+        if opts.seamless is None:
+            yield from self._bands(x_t, t, code, opts, (0, 0))
+            return
+        offsets = opts.seamless.offsets(step, self.p, opts.seed)
+        yield from merge_bands([self._bands(x_t, t, code, opts, o) for o in offsets], offsets, opts.seamless, self.p)
+
+    def _bands(self, x_t, t, code, opts: CanvasOptions, offset: tuple):
+        rows = opts.band_rows or x_t.shape[-2] // self.p + 1
         if not opts.cfg_scale:
             yield from canvas_prediction_bands(self.net, x_t, t, code, self.p, rows, band_cols=opts.band_cols,
-                                               wrap=opts.wrap)
+                                               wrap=opts.wrap, offset=offset)
             return
         t2, code2, keep = cfg_conditions(t, code)
         for r, out in canvas_prediction_bands(self.net, x_t, t2, code2, self.p, rows, keep, opts.band_cols, opts.wrap,
-                                              repeat=2):
+                                              repeat=2, offset=offset):
             yield r, cfg_combine(out, opts.cfg_scale)
 
     def loss_terms(self, win: "Window", t, code, process, pos_keep=None):

@@ -20,6 +20,7 @@ from configs import COLLAGES as COLLAGE_NAMES
 from runtime.rng import rng
 from .canvas import canvas_prediction, decode_collaged, encode_grid, shifted_canvas_prediction
 from .grid import crop_half, split
+from .seamless import combine
 
 
 def _plain_term(unet, h, skips, emb, code_p, target, mask, p, b):
@@ -37,8 +38,14 @@ class FeatureCollage:
     name, streams, random_offset = "feature", True, False
 
     def predict(self, unet, p, x_t, t, code, opts, pos_keep=None, step=0):
-        """The prediction over canvases (opts: a CanvasOptions; bands bound memory with the same result)."""
-        return canvas_prediction(unet, x_t, t, code, p, pos_keep, opts.band_rows, opts.band_cols, opts.wrap)
+        """The prediction over canvases (opts: a CanvasOptions; bands bound memory with the same result); with
+        opts.seamless, the grids of sampling step ``step`` (k = 0 first) combined."""
+        if opts.seamless is None:
+            return canvas_prediction(unet, x_t, t, code, p, pos_keep, opts.band_rows, opts.band_cols, opts.wrap)
+        offsets = opts.seamless.offsets(step, p, opts.seed)
+        preds = [canvas_prediction(unet, x_t, t, code, p, pos_keep, opts.band_rows, opts.band_cols, opts.wrap, o)
+                 for o in offsets]
+        return combine(preds, offsets, opts.seamless, 0, p)
 
     def loss_terms(self, unet, x_t, target, mask, t, window, code, p, pos_keep=None, offset=None):
         """(shift, noshift) per image for one 2x2 window: x_t, target (B, 3, 2p, 2p) and mask (1 or B, 1, 2p, 2p) are

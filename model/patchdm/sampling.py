@@ -9,6 +9,8 @@ function's step argument.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from diffusion import ONE_STEP, constant_beta_process, make_process, make_step, repaint, respaced, run_steps, supported
@@ -43,13 +45,21 @@ def sample_canvas(den, x_T: torch.Tensor, code: torch.Tensor, process, sampler: 
     if known is not None and sampler not in ONE_STEP:
         raise ValueError(f"known pixels (inpainting) need a one-step sampler (ddim), not {sampler}: RePaint "
                          "re-noises x between steps, which a multistep history cannot follow")
+    if opts.seamless is not None and not den.streams:
+        raise ValueError(f"seamless sampling moves the feature collage's grid; the {den.mode.name} collage shifts "
+                         "its own")
+    last = process.num_timesteps - 1  # steps are counted from the first (k = 0): the grid shifts and offsets
+    plain = replace(opts, seamless=None)
+
+    def at(i):  # the options of step i: the seamless grids only where they act
+        return opts if opts.seamless is not None and opts.seamless.active(process, i) else plain
+
     if opts.banded and den.streams and sampler != "heun":
-        step = make_step(sampler, process, bands_fn=lambda x, t, i: den.predict_bands(x, t, code, opts),
+        step = make_step(sampler, process, bands_fn=lambda x, t, i: den.predict_bands(x, t, code, at(i), last - i),
                          clip_x0=opts.clip_x0)
         x = x_T if opts.in_place else x_T.clone()
     else:
-        last = process.num_timesteps - 1  # the pixel-space modes count sampling steps from the first (k = 0)
-        step = make_step(sampler, process, lambda x, t, i: den.predict(x, t, code, opts, step=last - i),
+        step = make_step(sampler, process, lambda x, t, i: den.predict(x, t, code, at(i), step=last - i),
                          clip_x0=opts.clip_x0)
         x = x_T
     if known is not None:
