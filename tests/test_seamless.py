@@ -105,20 +105,22 @@ def test_positions_follow_the_image_under_a_moved_grid(oracle_samples):
         assert err < 0.75 * (oracle_samples["plain"] - clean).abs().mean().item()
 
 
-def test_a_moved_grid_sees_the_canvas_where_it_is():
+@pytest.mark.parametrize("real", [False, True])
+def test_a_moved_grid_sees_the_canvas_where_it_is(tiny_unet64, real):
     """One evaluation on a grid moved by (dy, dx) equals the official evaluation of the canvas placed (dy, dx) pixels
     into a canvas a patch larger, cut back out, with positions moved back by (dy, dx) / p: the same tiles over the
-    same pixels, at the same image positions."""
-    net = BiasedOracle()
+    same pixels, at the same image positions (encoder and decoder: the real network reads both)."""
+    net = tiny_unet64 if real else BiasedOracle()
     x = torch.randn(1, 3, 24, 32, dtype=torch.float64)
     t = torch.tensor([500])
+    code = torch.randn(1, 512, dtype=torch.float64) if real else None
     for dy, dx in [(3, 5), (7, 0), (0, 4)]:
-        moved = canvas_prediction(net, x, t, None, P, offset=(dy, dx))
+        moved = canvas_prediction(net, x, t, code, P, offset=(dy, dx))
         big = torch.zeros(1, 3, 24 + P, 32 + P, dtype=torch.float64)
         big[..., dy:dy + 24, dx:dx + 32] = x
-        ref = canvas_prediction(_Shifted(net, (dy / P, dx / P)), big, t, None, P)[..., dy:dy + 24, dx:dx + 32]
+        ref = canvas_prediction(_Shifted(net, (dy / P, dx / P)), big, t, code, P)[..., dy:dy + 24, dx:dx + 32]
         torch.testing.assert_close(moved, ref, rtol=0, atol=1e-12)
-        assert (moved - canvas_prediction(net, x, t, None, P)).abs().max() > 1e-3
+        assert (moved - canvas_prediction(net, x, t, code, P)).abs().max() > 1e-3
 
 
 class _Shifted:
