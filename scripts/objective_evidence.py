@@ -49,6 +49,13 @@ def training_seconds(stats: Path) -> float:
     return total
 
 
+def training_images(path: str, config: str) -> tuple:
+    """(the preset's config, the images of the LMDB as uint8 (H, W, 3) arrays at the preset's geometry)."""
+    cfg = get_preset(config)
+    data = build_dataset(path, cfg.data)
+    return cfg, [to_uint8(data[k][0]) for k in range(len(data))]
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
@@ -81,11 +88,8 @@ def main() -> int:
                     "\"--objective v --znormalize\"")
     args = ap.parse_args()
     out = Path(args.out).resolve()
-    cfg = get_preset(args.config)
-    p = cfg.model.patch_size
-    data = build_dataset(args.data, cfg.data)
-    n = len(data)
-    real = [to_uint8(data[k][0]) for k in range(n)]
+    cfg, real = training_images(args.data, args.config)
+    p, n = cfg.model.patch_size, len(real)
     extra_test = shlex.split(args.test_args)
     models = [(o, c) for c in args.collages.split(",") for o in args.objectives.split(",")]
     results = {}

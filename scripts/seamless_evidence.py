@@ -29,14 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scripts._steps import run  # noqa: E402
-from scripts.objective_evidence import as_tensor, psnr, read_pngs  # noqa: E402
+from scripts.objective_evidence import as_tensor, psnr, read_pngs, training_images  # noqa: E402
 
-from configs import get_preset  # noqa: E402
-from dataset import build_dataset  # noqa: E402
 from model.patchdm.sampling import sampling_process  # noqa: E402
 from model.patchdm.seamless import evaluations, parse  # noqa: E402
 from metrics.seams import seam_stats  # noqa: E402
-from runtime.files import save_grid, to_uint8  # noqa: E402
+from runtime.files import save_grid  # noqa: E402
 
 
 def flattest(img: np.ndarray, size: int) -> tuple:
@@ -65,16 +63,13 @@ def main() -> int:
     ap.add_argument("--config", default="small")
     ap.add_argument("--methods", default="off,shift@inf,average@inf,blend@inf,shift,average,blend")
     ap.add_argument("--samplers", default="dpmpp2m:20,ddim:50")
-    ap.add_argument("--crop_image", type=int, default=6, help="the image whose flattest area is enlarged")
+    ap.add_argument("--crop_image", type=int, default=0, help="the image whose flattest area is enlarged")
     ap.add_argument("--crop", type=int, default=32, help="crop size in pixels (shown 4x)")
     ap.add_argument("--test_args", default="", help="extra test.py arguments (quoted)")
     args = ap.parse_args()
     out = Path(args.out).resolve()
-    cfg = get_preset(args.config)
-    p = cfg.model.patch_size
-    data = build_dataset(args.data, cfg.data)
-    n = len(data)
-    real = [to_uint8(data[k][0]) for k in range(n)]
+    cfg, real = training_images(args.data, args.config)
+    p, n = cfg.model.patch_size, len(real)
     real_seams = seam_stats(real, p, (0, p // 2))
     models = dict(m.split("=", 1) for m in args.model)
     methods, samplers = args.methods.split(","), [s.split(":") for s in args.samplers.split(",")]
