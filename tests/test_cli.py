@@ -350,9 +350,12 @@ def test_quickstart_runs_the_whole_chain_and_continues(tmp_path):
     made = sorted(p.name for p in (out / "conditional").iterdir())
     assert made == ["0.png", "1.png", "2.png", "real_0.png", "real_1.png", "real_2.png"]
     assert sorted(p.name for p in (out / "unconditional").iterdir()) == ["0.png", "1.png"]
-    assert json.loads((out / "runs" / "patchdm" / "config.json").read_text())["diffusion"]["objective"] == "v"
-    latent = json.loads((out / "runs" / "latent" / "config.json").read_text())["latent"]
+    run_cfg = json.loads((out / "runs" / "patchdm" / "config.json").read_text())
+    assert run_cfg["diffusion"]["objective"] == "v" and run_cfg["sampling"]["seamless"] == "shift"
+    latent_cfg = json.loads((out / "runs" / "latent" / "config.json").read_text())
+    latent = latent_cfg["latent"]
     assert latent["objective"] == "v" and latent["znormalize"] is True
+    assert latent_cfg["sampling"]["seamless"] == "shift"  # the samples of both test.py calls are seamless
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     subprocess.run(cmd, check=True, cwd=ROOT, env=env, capture_output=True)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before
