@@ -1,5 +1,5 @@
-"""Seamless sampling: the patch grid moved or several grids combined at every step, so that no pixel sits on the same
-tile border at every step (docs/EVALUATION.md, "Seamless sampling"; beyond the paper).
+"""Seamless sampling: the patch grid moved or several grids combined at the low-noise steps, so that no pixel sits on
+the same tile border at every step (docs/EVALUATION.md, "Seamless sampling"; beyond the paper).
 
 A young Patch-DM model gives each decoder tile a slightly different tint (each tile has its own position input), and
 a sampler that always uses the same grid writes that tint into the image as a visible grid. Sampling-time levers
@@ -12,10 +12,14 @@ that do not touch the network, as tiled-diffusion tools and MultiDiffusion use t
   blend     the same grids, each weighted by a tent that is highest at its tile centres and lowest at its borders,
             so every border of one grid is filled from the middle of another's tiles: views x the evaluations.
 
+The grids move only at the steps whose noise-to-signal ratio sigma / alpha is at most ``below`` (default 0.5): the
+high-noise steps lay out the image from the positions the model was trained at, and moving them loses the layout;
+the tint seams are written in the low-noise steps.
+
 The grid offset reaches the network through ``canvas_prediction(..., offset=)``; positions follow the image (a tile
 at pixel (y, x) is at (y/p + 1/2, x/p + 1/2)). With every offset zero, one view, the result is the plain sampler's
 (tested). Banded and streamed sampling stay so: each grid's band stream is merged row by row (``merge_bands``),
-holding at most a band of each grid.
+holding about a band (and a carried row of encoder features) of each grid.
 """
 
 from __future__ import annotations
