@@ -53,11 +53,11 @@ def main() -> int:
     if not Path(args.images).is_dir():
         print(f"error: --images {args.images} is not a folder", file=sys.stderr)
         return 2
-    out = Path(args.out).resolve()
+    images, out = Path(args.images).resolve(), Path(args.out).resolve()  # the steps run in the project's root
     dev = ["--device", args.device] if args.device else []
     lmdb, codes, runs = out / "photos.lmdb", out / "codes.pt", out / "runs"
     if not (lmdb / "data.mdb").exists():
-        run(["img2lmdb.py", "-i", args.images, "-o", lmdb, "--config", args.config, "--format", "raw"])
+        run(["img2lmdb.py", "-i", images, "-o", lmdb, "--config", args.config, "--format", "raw"])
     if not codes.exists():
         clip = ["--clip_pretrained", args.clip_pretrained] if args.clip_pretrained else []
         run(["initialize.py", "-d", lmdb, "-o", codes, *clip, *dev])

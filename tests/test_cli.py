@@ -343,10 +343,11 @@ def test_quickstart_runs_the_whole_chain_and_continues(tmp_path):
     for i in range(3):
         Image.fromarray(photo(40, 64, i)).save(src / f"p{i}.jpg")
     out = tmp_path / "qs"
-    cmd = [sys.executable, str(ROOT / "scripts" / "quickstart.py"), "-i", str(src), "-o", str(out), "--config",
+    # run from the photos' parent with relative paths: both are resolved before the steps run in the project's root
+    cmd = [sys.executable, str(ROOT / "scripts" / "quickstart.py"), "-i", "photos", "-o", "qs", "--config",
            "tiny", "--steps", "3", "--latent_steps", "3", "--num", "2", "--clip_pretrained", "none", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(cmd, check=True, cwd=ROOT, env=env, capture_output=True)
+    subprocess.run(cmd, check=True, cwd=tmp_path, env=env, capture_output=True)
     made = sorted(p.name for p in (out / "conditional").iterdir())
     assert made == ["0.png", "1.png", "2.png", "real_0.png", "real_1.png", "real_2.png"]
     assert sorted(p.name for p in (out / "unconditional").iterdir()) == ["0.png", "1.png"]
@@ -357,8 +358,7 @@ def test_quickstart_runs_the_whole_chain_and_continues(tmp_path):
     assert latent["objective"] == "v" and latent["znormalize"] is True
     assert latent_cfg["sampling"]["seamless"] == "shift"  # the samples of both test.py calls are seamless
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
-    subprocess.run(cmd, check=True, cwd=ROOT, env=env, capture_output=True)
+    subprocess.run(cmd, check=True, cwd=tmp_path, env=env, capture_output=True)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before
-    bad = subprocess.run([*cmd[:3], str(tmp_path / "missing"), *cmd[4:]], cwd=ROOT, env=env, capture_output=True,
-                         text=True)
+    bad = subprocess.run([*cmd[:3], "missing", *cmd[4:]], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error:")
