@@ -261,3 +261,16 @@ def test_moved_grids_keep_banded_memory_bounded():
         assert grow <= plain[tall] - plain[short] + 4 * BLOCK
         assert grow >= 2 * canvas * (tall[0] - short[0])  # x and the history canvas, at least
         assert peak[tall] - plain[tall] < 0.2 * plain[tall]
+
+
+def test_the_run_config_is_the_default_and_the_command_line_overrides_it():
+    """sampling.seamless (with its views and threshold) is what previews and test.py use when no flag is given; a
+    flag replaces it, and --seamless off turns a configured blend off without tripping over its views."""
+    from configs import get_preset
+    from model.patchdm.seamless import configured
+    s = get_preset("tiny").sampling
+    assert configured(s) is None
+    s.seamless, s.seamless_views, s.seamless_below = "blend", 3, 0.3
+    assert configured(s) == Seamless("blend", 3, below=0.3)
+    assert configured(s, "off") is None
+    assert configured(s, None, 4, 1.0) == Seamless("blend", 4, below=1.0)

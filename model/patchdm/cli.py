@@ -6,7 +6,7 @@ from __future__ import annotations
 from diffusion import canonical, space_timesteps, spacing, supported
 from runtime.errors import CLIError
 from .canvas import auto_band
-from .seamless import BELOW, DEFAULT, METHODS, parse
+from .seamless import BELOW, DEFAULT, METHODS, configured
 
 
 def parse_bands(text: str, batch: int, hw: tuple, p: int) -> tuple:
@@ -63,13 +63,8 @@ def add_seamless_args(ap) -> None:
 def seamless_option(args, sampling, collage: str):
     """The Seamless of --seamless / --seamless_views, or of the checkpoint's sampling config when not given; None for
     off. One line for a bad value or a model whose collage moves its own grid."""
-    method = args.seamless if args.seamless is not None else sampling.seamless
-    views = args.seamless_views if args.seamless_views is not None else (sampling.seamless_views or None)
-    below = args.seamless_below
-    if below is None and method and method != "off":
-        below = sampling.seamless_below
     try:
-        spec = parse(method, views, below)
+        spec = configured(sampling, args.seamless, args.seamless_views, args.seamless_below)
     except ValueError as e:
         raise CLIError(str(e)) from None
     if spec is not None and collage != "feature":

@@ -91,6 +91,17 @@ def parse(method: str | None, views: int | None = None, below: float | None = No
     return Seamless(method, DEFAULT_VIEWS[method] if views is None else views, below=BELOW if below is None else below)
 
 
+def configured(sampling, method: str | None = None, views: int | None = None,
+               below: float | None = None) -> Seamless | None:
+    """The Seamless of a run's sampling config (sampling.seamless, seamless_views, seamless_below), each overridden
+    by the value given here (the command line's); None when off."""
+    method = sampling.seamless if method is None else method
+    if method and method != "off":  # the config's views and threshold belong to its method, not to an "off"
+        views = (sampling.seamless_views or None) if views is None else views
+        below = sampling.seamless_below if below is None else below
+    return parse(method, views, below)
+
+
 def evaluations(spec: Seamless | None, process, sampler: str) -> int:
     """Network evaluations of a sampler over every step of ``process`` with ``spec``: a step where the grids move
     costs ``views`` times its evaluations (two per step for Heun but its last)."""

@@ -33,7 +33,7 @@ from .fast import set_checkpointing
 from .grid import window_crop, window_region
 from .modes import collage_mode
 from .sampling import code_process, image_process, sample_canvas
-from .seamless import parse
+from .seamless import configured
 
 
 # -- the random draws of a denoiser step ---------------------------------------------------------------------------
@@ -124,12 +124,11 @@ def preview(net, cfg, x0, index, device, path):
     code = net.codes(x0, index)
     x_T = torch.randn(x0.shape, generator=rng(cfg.training.seed, "preview", device=device), device=device)
     process = image_process(cfg.diffusion).respace(cfg.sampling.steps)
-    s = cfg.sampling
-    seamless = parse(s.seamless, s.seamless_views or None, s.seamless_below if s.seamless else None)
     with autocast(device, cfg.training.precision):
         img = sample_canvas(Denoiser(net, cfg.model.patch_size, cfg.model.collage), x_T, code, process,
                             opts=CanvasOptions(cfg.sampling.cfg_scale, seed=cfg.training.seed,
-                                               clip_x0=cfg.sampling.clip_x0, seamless=seamless))
+                                               clip_x0=cfg.sampling.clip_x0,
+                                               seamless=configured(cfg.sampling)))
     save_grid(img.float(), path, ncol=2)
 
 
