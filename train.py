@@ -20,14 +20,15 @@ from configs import COLLAGES, OBJECTIVES
 from configs import assign, from_dict, get_preset, override, preset_help, to_dict, validate, value
 from model import FAMILIES, read_resume
 from runtime import dist as D
-from runtime.cli import ArgumentParser, nonnegative_int, positive_int
+from runtime.cli import ArgumentParser, add_snapshot_args, nonnegative_int, positive_int
 from runtime.device import check_precision, device_type, pick_device
 from runtime.errors import CLIError, run_cli
-from training.loop import Trainer
+from training.loop import Trainer, cli_settings
 from training.resume import compatible_or_raise
 
 # Flags every family takes; the others belong to a family (its TRAIN.flags) and are refused for the rest.
-GENERIC = ("config", "name", "device", "log_every", "runs_dir", "set", "allow_change", "allow_upscale", "dry_run")
+GENERIC = ("config", "name", "device", "log_every", "runs_dir", "set", "allow_change", "allow_upscale", "dry_run",
+           "snapshot_every", "snapshot_raw")
 
 
 def build_parser():
@@ -67,6 +68,7 @@ def build_parser():
     ap.add_argument("--sample_every", type=positive_int, default=None,
                     help="samples between PNG grids (official 500000)")
     ap.add_argument("--runs_dir", default="runs", help="parent folder of run folders")
+    add_snapshot_args(ap)
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="extra config overrides")
     ap.add_argument("--allow_change", default="", metavar="FIELD[,FIELD]",
                     help="when resuming: accept new values for these fields (e.g. training.batch_size), which a "
@@ -104,6 +106,8 @@ def resolve_config(args, device_type: str, saved=None):
             if given is not None:
                 for field, fixed in fields:
                     assign(cfg, field, given if fixed is None else fixed)
+        if saved is None:
+            spec.defaults(cfg)
         if args.precision is None and device_type == "cpu" and value(cfg, spec.precision) == "fp16":
             assign(cfg, spec.precision, "fp32")  # fp16 autocast is GPU-only
         cfg = validate(override(cfg, args.set))
@@ -132,7 +136,7 @@ def main(argv=None) -> int:
             return 0
         check_precision(value(cfg, family.TRAIN.precision), device)
         task = family.TRAIN.task(cfg, run, d, device, resume, args)
-        step = Trainer(task, task.settings(args.log_every), run, device, d, resume).run_loop()
+        step = Trainer(task, cli_settings(task, args), run, device, d, resume).run_loop()
         if d.main:
             print(f"done: step {step}, checkpoint {ckpt_path}")
     finally:

@@ -27,10 +27,10 @@ from model.patchdm.training import CodeTask, encoder_codes
 from model.pyramid.checkpoint import AUTOENCODER, FLOW
 from model.pyramid.flow_training import FlowTask
 from runtime import dist as D
-from runtime.cli import ArgumentParser, positive_int
+from runtime.cli import ArgumentParser, add_snapshot_args, positive_int
 from runtime.device import check_precision, pick_device
 from runtime.errors import CLIError, run_cli
-from training.loop import Trainer
+from training.loop import Trainer, cli_settings
 from training.resume import compatible_or_raise
 
 # Settings a resumed latent run may change without --allow_change (how long it runs; the Patch-DM run's own
@@ -69,6 +69,7 @@ def build_parser():
     ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default CUDA when present)")
     ap.add_argument("--log_every", type=positive_int, default=100, help="steps between stats.jsonl rows")
     ap.add_argument("--runs_dir", default="runs", help="parent folder of run folders")
+    add_snapshot_args(ap)
     ap.add_argument("--set", nargs="*", default=[], metavar="latent.FIELD=VALUE", help="config overrides")
     ap.add_argument("--allow_change", default="", metavar="FIELD[,FIELD]",
                     help="when resuming: accept new values for these fields (e.g. latent.batch_size)")
@@ -124,7 +125,7 @@ def main(argv=None) -> int:
         print(f"note: the table has {len(codes)} codes, so the batch is {cfg.latent.batch_size} instead of {wanted}")
     task = CodeTask(codes, cfg, run, device, ck["networks"][DENOISER], args.weights, str(args.model_path))
     del ck
-    step = Trainer(task, task.settings(args.log_every), run, device, resume=old).run_loop()
+    step = Trainer(task, cli_settings(task, args), run, device, resume=old).run_loop()
     print(f"done: step {step}, full checkpoint {ckpt_path} (use it with test.py --full_path)")
     return 0
 
@@ -171,7 +172,7 @@ def train_flow(args, ck: dict, device) -> int:
     task = FlowTask(cfg, run, D.Dist(), device, bundle.autoencoder, ck["networks"][AUTOENCODER],
                     str(args.model_path), args.allow_upscale)
     del ck
-    step = Trainer(task, task.settings(args.log_every), run, device, resume=old).run_loop()
+    step = Trainer(task, cli_settings(task, args), run, device, resume=old).run_loop()
     print(f"done: step {step}, full checkpoint {ckpt_path} (use it with test.py --full_path)")
     return 0
 

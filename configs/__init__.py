@@ -44,11 +44,16 @@ def preset_help(default: str | None = None) -> str:
 
 def from_dict(d: dict):
     """The config of a dict written by ``to_dict``, of the family it names (Patch-DM when it names none); unknown
-    fields and families are errors."""
+    fields and families are errors; fields a family has renamed (its ``RENAMED``) are read under their new names."""
     family = d.get("family", "patchdm")
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; this version knows {', '.join(FAMILIES)}")
-    return from_fields(d, FAMILIES[family][0])
+    cls, module = FAMILIES[family]
+    renamed = getattr(module, "RENAMED", {})
+    if renamed:
+        d = {key: ({renamed[key].get(k, k): v for k, v in value.items()} if key in renamed else value)
+             for key, value in d.items()}
+    return from_fields(d, cls)
 
 
 def validate(cfg):

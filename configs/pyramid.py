@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .common import PRECISIONS, DataConfig, check_data
+from .common import PRECISIONS, DataConfig, Recipe, check_data, check_recipe
 from .fields import Checks
 
 
@@ -74,11 +74,11 @@ class FlowConfig:
 
 
 @dataclass
-class FlowTrainingConfig:
+class FlowTrainingConfig(Recipe):
     """train_latent.py on a pyramid autoencoder: latent rectified flow (the paper's Eq. 7)."""
     batch_size: int = 32
     lr: float = 2e-4
-    warmup: int = 100                           # steps of linear learning-rate warm-up
+    lr_warmup: int = 100                        # steps of linear learning-rate warm-up
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     eps: float = 1e-3                           # t drawn in [eps, 1 + eps], clamped at the data end; sampling from eps
@@ -90,6 +90,10 @@ class FlowTrainingConfig:
     sample_every_samples: int = 16_000
     max_steps: int = 0                          # 0 = unbounded
     seed: int = 0
+
+
+# Fields renamed since files were written with them: {section: {old name: new name}} (configs.from_dict).
+RENAMED = {"flow_training": {"warmup": "lr_warmup"}}
 
 
 @dataclass
@@ -255,12 +259,13 @@ def check_flow(c: Checks, cfg: PyramidConfig) -> None:
     c.one_of("flow", "dropout_schedule", FLOW_DROPOUT)
     c.unit("flow", "dropout", closed=False)
     c.at_least("flow_training", 1, "batch_size", "save_every_samples", "sample_every_samples")
-    c.at_least("flow_training", 0, "warmup", "grad_clip", "scale_iterations", "max_steps", "seed")
+    c.at_least("flow_training", 0, "grad_clip", "scale_iterations", "max_steps", "seed")
     c.above("flow_training", 0, "lr")
     c.unit("flow_training", "ema_decay")
     c.unit("flow_training", "scale_momentum")
     c.check(0 <= t.eps < 0.5, "flow_training.eps", t.eps, "must be in [0, 0.5)")
     c.one_of("flow_training", "precision", PRECISIONS)
+    check_recipe(c, "flow_training")
     c.one_of("sampling", "sampler", FLOW_SAMPLERS)
     c.at_least("sampling", 1, "steps")
     c.above("sampling", 0, "rtol", "atol")

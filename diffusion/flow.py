@@ -49,6 +49,16 @@ class FlowProcess:
         u = torch.rand(n, generator=generator)
         return (1 - self.eps - u).clamp(min=0.0) if self.eps else u
 
+    def from_unit(self, u: torch.Tensor) -> torch.Tensor:
+        """The flow time of fractions u of the way to the noise: u itself, at most 1 - eps (float32)."""
+        return u.clamp(max=1 - self.eps).float()
+
+    def min_snr_weight(self, t: torch.Tensor, gamma: float) -> torch.Tensor:
+        """Min-SNR-gamma for the velocity target: the velocity error is the x0 error over t^2, so the weight is
+        min(SNR, gamma) t^2 = min((1 - t)^2, gamma t^2) (SNR = ((1 - t) / t)^2; 0 at t = 0, where x0 is given)."""
+        t = t.double()
+        return torch.minimum((1 - t) ** 2, gamma * t ** 2)
+
     def corrupt(self, x0, t, noise):
         t = self._b(t, x0)
         return (1 - t) * x0 + t * noise

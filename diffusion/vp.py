@@ -141,6 +141,17 @@ class VPProcess:
     def draw_t(self, n: int, generator=None) -> torch.Tensor:
         return torch.randint(0, self.num_timesteps, (n,), generator=generator)
 
+    def from_unit(self, u: torch.Tensor) -> torch.Tensor:
+        """The step index floor(u T) of fractions u in [0, 1] of the way to the noise (diffusion/weighting.py)."""
+        return (u * self.num_timesteps).long().clamp(0, self.num_timesteps - 1)
+
+    def min_snr_weight(self, t: torch.Tensor, gamma: float) -> torch.Tensor:
+        """Min-SNR-gamma: min(SNR, gamma) / SNR for eps, min(SNR, gamma) / (SNR + 1) for v (SNR = abar / (1 - abar)
+        at step indices t), float64."""
+        abar = self.alphas_cumprod.to(t.device)[t]
+        snr = abar / (1 - abar)
+        return snr.clamp(max=gamma) / (snr if self.prediction == "eps" else snr + 1)
+
     def corrupt(self, x0, t, noise):
         return self.q_sample(x0, t, noise)
 

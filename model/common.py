@@ -18,12 +18,15 @@ class TrainSpec:
     without --allow_change, ``precision`` the field of the autocast precision (fp16 falls back to fp32 on the CPU),
     ``network`` the trained network's name in the checkpoint, and ``task(cfg, run, d, device, resume, args)`` the
     training task. ``prepare(cfg, args)`` runs before the flags are applied, ``check(cfg, args)`` after the config
-    is validated: both refuse what the fields cannot say, in one line."""
+    is validated: both refuse what the fields cannot say, in one line. ``defaults(cfg)`` gives a new run (never a
+    resumed one) the preset's defaults that depend on the flags, after the flags and before --set."""
 
-    def __init__(self, flags: dict, free: tuple, precision: str, network: str, task, prepare=None, check=None):
+    def __init__(self, flags: dict, free: tuple, precision: str, network: str, task, prepare=None, check=None,
+                 defaults=None):
         self.flags, self.free, self.precision, self.network, self.task = flags, free, precision, network, task
         self.prepare = prepare or (lambda cfg, args: None)
         self.check = check or (lambda cfg, args: None)
+        self.defaults = defaults or (lambda cfg: None)
 
 
 def sinusoid(v: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

@@ -62,3 +62,11 @@ def check_divisible(hw: tuple, p: int, what: str = "image size") -> None:
     if h % p or w % p:
         raise CLIError(f"{what} {h}x{w} is not divisible by the patch size {p}: both height {h} and width {w} must "
                        f"be multiples of {p}")
+
+
+def add_snapshot_args(ap) -> None:
+    """The training scripts' --snapshot_every / --snapshot_raw (training.loop.LoopSettings)."""
+    ap.add_argument("--snapshot_every", type=bounded(int, 1, "--snapshot_every"), default=None, metavar="STEPS",
+                    help="also keep the EMA weights every STEPS steps in checkpoints/step-NNNNNNN.pt (never removed; "
+                         "for tables against training steps; give it again when resuming)")
+    ap.add_argument("--snapshot_raw", action="store_true", help="snapshots hold the raw weights too")

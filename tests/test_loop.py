@@ -11,6 +11,7 @@ from runtime.errors import CLIError
 from runtime.rng import rng
 from training import checkpoint as C
 from training.loop import LoopSettings, Task, Trainer
+from training.recipe import EMASchedule
 
 
 class Toy(Task):
@@ -54,8 +55,9 @@ class Toy(Task):
         return C.make(self.family, self.config_dict(), {}, extra={"answer": 42})
 
 
-def settings(steps):
-    return LoopSettings(max_steps=steps, batch_size=8, save_every=2, log_every=1, ema_decay=0.5, unit="things")
+def settings(steps, **recipe):
+    recipe.setdefault("ema", EMASchedule(decay=0.5))
+    return LoopSettings(max_steps=steps, batch_size=8, save_every=2, log_every=1, unit="things", **recipe)
 
 
 def rows(run):
@@ -81,13 +83,22 @@ def test_any_task_trains_logs_every_term_and_checkpoints(tmp_path):
     assert json.loads((run / "config.json").read_text()) == {"family": "toy", "lr": 0.1}
 
 
-def test_resume_is_exact(tmp_path):
-    Trainer(Toy(), settings(6), tmp_path / "straight", torch.device("cpu")).run_loop()
-    Trainer(Toy(), settings(3), tmp_path / "cut", torch.device("cpu")).run_loop()
+RECIPES = {"paper": {}, "schedules": dict(ema=EMASchedule("power", std=0.1), lr_warmup=4, lr_decay_start=2,
+                                           snapshot_every=2, posthoc=(0.05, 0.1))}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_resume_is_exact(tmp_path, recipe):
+    recipe = RECIPES[recipe]
+    Trainer(Toy(), settings(6, **recipe), tmp_path / "straight", torch.device("cpu")).run_loop()
+    Trainer(Toy(), settings(3, **recipe), tmp_path / "cut", torch.device("cpu")).run_loop()
     ck = C.read(tmp_path / "cut" / "checkpoints" / "last.pt")
-    Trainer(Toy(), settings(6), tmp_path / "cut", torch.device("cpu"), resume=ck).run_loop()
+    Trainer(Toy(), settings(6, **recipe), tmp_path / "cut", torch.device("cpu"), resume=ck).run_loop()
     a, b = (C.read(tmp_path / n / "checkpoints" / "last.pt")["networks"]["regressor"] for n in ("straight", "cut"))
     assert all(torch.equal(a[w][k], b[w][k]) for w in ("raw", "ema") for k in a["raw"])
+    if recipe.get("posthoc"):
+        assert all(torch.equal(a["posthoc"]["widths"][s][k], b["posthoc"]["widths"][s][k])
+                   for s in ("0.05", "0.1") for k in a["raw"])
     assert [r["loss"] for r in rows(tmp_path / "cut") if "loss" in r] == \
         [r["loss"] for r in rows(tmp_path / "straight") if "loss" in r]
 

@@ -13,6 +13,7 @@ from configs import get_preset, override
 from diffusion import samplers as S
 from diffusion.flow import FlowProcess
 from diffusion.ode import rk45
+from diffusion.weighting import TimeRecipe
 from model import load
 from model.pyramid.builders import build_autoencoder, build_flow
 from model.pyramid.fir import down2, kernel, up2
@@ -150,6 +151,17 @@ def test_the_loss_is_zero_at_the_target_and_a_hand_computation_otherwise():
         assert terms[f"z{i}"].tolist() == pytest.approx(hand, rel=1e-5)
 
 
+def test_the_recipe_weights_each_sample_of_the_flow_loss():
+    process = FlowProcess(eps=1e-3)
+    z = (torch.randn(3, 2, 4, 8), torch.randn(3, 4, 2, 4))
+    noise = (torch.randn(3, 2, 4, 8), torch.randn(3, 4, 2, 4))
+    t, zero = torch.tensor([0.1, 0.5, 0.9]), (torch.zeros(3, 2, 4, 8), torch.zeros(3, 4, 2, 4))
+    plain = FlowLoss(Oracle(zero), process).eval()(z, t, noise)
+    weighted = FlowLoss(Oracle(zero), process, TimeRecipe(weight="min_snr", gamma=5.0)).eval()(z, t, noise)
+    w = torch.tensor([min(0.81, 0.05), 0.25, 0.01])
+    assert all(torch.allclose(weighted[k], plain[k] * w) for k in plain)
+
+
 def point_mass_velocity(a: tuple):
     """The exact rectified-flow velocity when the data is the single point a: v = (x - a) / t (t > 0)."""
     def model_fn(x, t, i):
@@ -242,11 +254,17 @@ def test_train_latent_then_generate_through_the_command_lines(tiny_ae, tmp_path,
     assert Image.open(big / "0.png").size == (64, 32)
 
 
-def test_resume_is_exact(tiny_ae, tmp_path):
-    runs = tmp_path / "runs"
-    assert train_flow(tiny_ae, runs, "straight", 5) == 0
-    assert train_flow(tiny_ae, runs, "cut", 2) == 0
-    assert train_flow(tiny_ae, runs, "cut", 5) == 0
+FLOW_RECIPES = {"paper": [], "recipe": ["--set", "flow_training.loss_weight=min_snr",
+                                      "flow_training.t_sampling=logit_normal", "flow_training.ema_schedule=power",
+                                      "flow_training.lr_decay_start=2"]}
+
+
+@pytest.mark.parametrize("recipe", FLOW_RECIPES)
+def test_resume_is_exact(tiny_ae, tmp_path, recipe):
+    runs, extra = tmp_path / "runs", FLOW_RECIPES[recipe]
+    assert train_flow(tiny_ae, runs, "straight", 5, *extra) == 0
+    assert train_flow(tiny_ae, runs, "cut", 2, *extra) == 0
+    assert train_flow(tiny_ae, runs, "cut", 5) == 0  # the run keeps its own recipe
     rows = {n: [json.loads(line)["loss"] for line in (runs / n / "stats.jsonl").read_text().splitlines()]
             for n in ("straight", "cut")}
     assert rows["cut"] == rows["straight"]

@@ -4,7 +4,7 @@
      "family": "patchdm" | ...,          which model family builds the networks (model/__init__.py)
      "config": {...},                    the run's config (configs.to_dict; it names the family too)
      "networks": {NAME: {"raw": state dict or None, "ema": state dict or None, "step": int or None,
-                         "samples": int or None}, ...},
+                         "samples": int or None, ["posthoc": {"widths": {width: state dict}, "buffers": [...]}]}, ...},
      "training": {"network": NAME, "opt": ..., "scaler": ...} or None,   what resuming needs of the trained one
      "extra": {...}}                     the family's own values (e.g. Patch-DM's code statistics)
 
@@ -20,14 +20,20 @@ import sys
 from runtime.errors import CheckpointError
 from runtime.files import atomic_save
 from runtime.safe_load import read_checkpoint
+from .recipe import EMASchedule
 
 FORMAT = "checkpoint-v2"
 
 
-def network_entry(raw: dict | None, ema: dict | None, step: int | None = None, samples: int | None = None) -> dict:
-    """One network of a checkpoint: its raw and EMA state dicts (either may be None when the file lacks it) and the
-    optimizer steps and training samples behind them."""
-    return {"raw": raw, "ema": ema, "step": step, "samples": samples}
+def network_entry(raw: dict | None, ema: dict | None, step: int | None = None, samples: int | None = None,
+                  posthoc: dict | None = None) -> dict:
+    """One network of a checkpoint: its raw and EMA state dicts (either may be None when the file lacks it), the
+    optimizer steps and training samples behind them, and (only when the run tracks them) the power-function
+    averages of post-hoc EMA, {"widths": {relative width: state dict}, "buffers": [names]} (training/posthoc.py)."""
+    entry = {"raw": raw, "ema": ema, "step": step, "samples": samples}
+    if posthoc:
+        entry["posthoc"] = posthoc
+    return entry
 
 
 def make(family: str, config: dict, networks: dict, training: dict | None = None, extra: dict | None = None) -> dict:
@@ -66,13 +72,16 @@ def weights(ck: dict, name: str, raw: bool, path) -> dict:
     return sd
 
 
-def warn_young_ema(path, step, decay: float, what: str = "", limit: float = 0.05) -> None:
-    """Say so on stderr when an EMA still holds more than ``limit`` of the initial weights (decay ** step): with
-    zero-initialised output layers such weights sample noise (Patch-DM's official constant 0.9999 needs ~30k steps)."""
+def warn_young_ema(path, step, section, what: str = "", limit: float = 0.05) -> None:
+    """Say so on stderr when an EMA still holds more than ``limit`` of the initial weights (the product of its
+    decays, training/recipe.py, of the training config ``section``): with zero-initialised output layers such weights
+    sample noise (Patch-DM's official constant 0.9999 needs ~30k steps)."""
     if step is None:
         return
-    left = decay ** step
+    schedule = EMASchedule.of(section)
+    left = schedule.initial_share(step)
     if left > limit:
-        print(f"warning: {path}{what} is at step {step}; its EMA (decay {decay}) still holds {left:.0%} of the "
+        kind = f"decay {schedule.decay}" if schedule.kind == "constant" else f"{schedule.kind} schedule"
+        print(f"warning: {path}{what} is at step {step}; its EMA ({kind}) still holds {left:.0%} of the "
               "initial weights, so samples from it can be noise. Use the raw weights (test.py / paint.py --raw, "
               "train_latent.py --weights raw) or train longer.", file=sys.stderr)

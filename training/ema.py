@@ -9,7 +9,8 @@ from torch import nn
 
 
 class EMA:
-    """ema <- decay * ema + (1 - decay) * weight after every optimizer step (official: constant 0.9999 from step 0).
+    """ema <- decay * ema + (1 - decay) * weight after every optimizer step (official: constant 0.9999 from step 0;
+    the loop passes each update's decay from its schedule, training/recipe.py).
 
     Every floating-point entry of the state dict is averaged, buffers excepted: they are statistics the network keeps
     of itself (batch-norm running statistics, spectral norm's power-iteration vectors), copied as they are (as
@@ -24,11 +25,13 @@ class EMA:
         self.buffers = {name for name, _ in self.model.named_buffers()}
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, decay: float | None = None) -> None:
+        """One update with ``decay`` (default: the constant one given at construction)."""
+        decay = self.decay if decay is None else decay
         src = model.state_dict()
         for k, v in self.model.state_dict().items():
             if v.dtype.is_floating_point and k not in self.buffers:
-                v.lerp_(src[k].to(v.dtype), 1.0 - self.decay)
+                v.lerp_(src[k].to(v.dtype), 1.0 - decay)
             else:
                 v.copy_(src[k])
 

@@ -3,17 +3,17 @@ is a ``Task`` run by ``Trainer``.
 
 Written once here: the run folder (created, locked against a second launch, removed after a failed start), the
 progress bar, Ctrl-C that saves and stops at a step boundary, a non-finite loss that stops without saving, a
-stats.jsonl row of every loss term (and the loss by timestep quartile) every ``log_every`` steps, the EMA, the
-optimizer step with gradient clipping, previews and checkpoints at their cadence, exact resume, and torchrun (DDP
-around the task's loss module; only rank 0 writes). A task (EDM2's network + loss + dataset, as one object) supplies
-what differs: the network and its optimizer, a step's batch, the loss terms, previews and the checkpoint's other
-contents.
+stats.jsonl row of every loss term (and the loss by timestep quartile) every ``log_every`` steps, the EMA (and the
+averages of post-hoc EMA), the learning-rate schedule, the optimizer step with gradient clipping, previews,
+checkpoints and snapshots at their cadence, exact resume, and torchrun (DDP around the task's loss module; only
+rank 0 writes). A task (EDM2's network + loss + dataset, as one object) supplies what differs: the network and its
+optimizer, a step's batch, the loss terms, previews and the checkpoint's other contents.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -28,13 +28,17 @@ from runtime.files import JsonlLog, atomic_write_text
 from . import checkpoint as C
 from .ema import EMA
 from .meter import Meter, total
+from .recipe import EMASchedule, lr_scale
 from .run import RunFolder
 
 
 @dataclass
 class LoopSettings:
     """How long and how a task is trained: steps, the global batch (samples per step), the step cadences of
-    checkpoints, previews (0: none) and log rows, gradient clipping, autocast precision, EMA decay; desc and unit
+    checkpoints, previews (0: none) and log rows, gradient clipping, autocast precision, the EMA and learning-rate
+    schedules (training/recipe.py), the widths of the power-function averages kept for post-hoc EMA
+    (training/posthoc.py), and snapshots every ``snapshot_every`` steps (0: none; the EMA weights, with
+    ``snapshot_raw`` the raw ones too, in checkpoints/step-NNNNNNN.pt beside last.pt, never removed); desc and unit
     label the progress bar and the throughput column (<unit>_per_s)."""
     max_steps: int
     batch_size: int
@@ -43,9 +47,20 @@ class LoopSettings:
     log_every: int = 50
     grad_clip: float = 1.0
     precision: str = "fp32"
-    ema_decay: float = 0.9999
+    ema: EMASchedule = EMASchedule()
+    lr_warmup: int = 0
+    lr_decay_start: int = 0
+    posthoc: tuple = ()
+    snapshot_every: int = 0
+    snapshot_raw: bool = False
     desc: str = "train"
     unit: str = "images"
+
+
+def cli_settings(task, args) -> "LoopSettings":
+    """The task's settings with the training script's --log_every, --snapshot_every and --snapshot_raw."""
+    return replace(task.settings(args.log_every), snapshot_every=args.snapshot_every or 0,
+                   snapshot_raw=args.snapshot_raw)
 
 
 class Task:
@@ -72,10 +87,6 @@ class Task:
 
     def quartile(self, batch) -> torch.Tensor | None:
         """Each sample's loss-time quartile (B,) in 0..3 for the loss-by-quartile column, or None."""
-        return None
-
-    def lr_scale(self, step: int) -> float | None:
-        """The learning rate of ``step`` as a multiple of the optimizer's own (a warm-up), or None: left alone."""
         return None
 
     def after_clip(self) -> None:
@@ -150,7 +161,9 @@ class Trainer:
         self.task, self.s, self.run, self.device, self.d = task, settings, Path(run), device, d
         self.ckpt_path = self.run / "checkpoints" / "last.pt"
         self.net = task.network
-        self.ema = EMA(self.net, settings.ema_decay)
+        self.ema = EMA(self.net, settings.ema.decay)
+        self.posthoc = {float(std): (EMA(self.net, 0.0), EMASchedule("power", std=float(std)))
+                        for std in settings.posthoc}
         self.opt = task.optimizer()
         self.scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
         self.step, self.samples = 0, 0
@@ -166,6 +179,8 @@ class Trainer:
         entry = ck["networks"][self.task.name]
         self.net.load_state_dict(entry["raw"])
         self.ema.load_state_dict(entry["ema"])
+        for std, (ema, _) in self.posthoc.items():
+            ema.load_state_dict(entry["posthoc"]["widths"][f"{std:g}"])
         self.opt.load_state_dict(ck["training"]["opt"])
         self.scaler.load_state_dict(ck["training"]["scaler"])
         self.step = entry["step"]
@@ -174,9 +189,29 @@ class Trainer:
     def save(self) -> None:
         ck = self.task.checkpoint_base()
         ck["networks"][self.task.name] = C.network_entry(self.net.state_dict(), self.ema.state_dict(), self.step,
-                                                         self.samples)
+                                                         self.samples, self.posthoc_states())
         ck["training"] = {"network": self.task.name, "opt": self.opt.state_dict(), "scaler": self.scaler.state_dict()}
         C.save(ck, self.ckpt_path)
+
+    def posthoc_states(self) -> dict | None:
+        """The post-hoc averages as a checkpoint keeps them: {"widths": {width: state dict}, "buffers": the entries
+        that are copied, not averaged}; None when the run tracks none."""
+        if not self.posthoc:
+            return None
+        return {"widths": {f"{std:g}": ema.state_dict() for std, (ema, _) in self.posthoc.items()},
+                "buffers": sorted(self.ema.buffers)}
+
+    def snapshot_path(self, step: int) -> Path:
+        return self.ckpt_path.parent / f"step-{step:07d}.pt"
+
+    def save_snapshot(self) -> None:
+        """The EMA weights (and with ``snapshot_raw`` the raw ones; the post-hoc averages where tracked) at this step,
+        without the optimizer: a checkpoint test.py reads like last.pt but that cannot be resumed."""
+        ck = self.task.checkpoint_base()
+        raw = self.net.state_dict() if self.s.snapshot_raw else None
+        ck["networks"][self.task.name] = C.network_entry(raw, self.ema.state_dict(), self.step, self.samples,
+                                                         self.posthoc_states())
+        C.save(ck, self.snapshot_path(self.step))
 
     def run_loop(self) -> int:
         """Train to ``max_steps``; returns the final step."""
@@ -217,13 +252,15 @@ class Trainer:
         with autocast(self.device, self.s.precision):
             terms = self.module(**batch)
         loss = total(terms)
-        scale = self.task.lr_scale(self.step)
-        if scale is not None:
+        if self.s.lr_warmup or self.s.lr_decay_start:
+            scale = lr_scale(self.step, self.s.lr_warmup, self.s.lr_decay_start)
             for group in self.opt.param_groups:
                 group["lr"] = group.setdefault("initial_lr", group["lr"]) * scale
         grad_norm = optimizer_step(self.net.parameters(), self.opt, self.scaler, loss, self.s.grad_clip,
                                    self.task.after_clip)
-        self.ema.update(self.net)
+        self.ema.update(self.net, self.s.ema.decay_at(self.step + 1))
+        for ema, schedule in self.posthoc.values():
+            ema.update(self.net, schedule.decay_at(self.step + 1))
         self.task.after_step(batch)
         meter.add({k: v.detach() for k, v in terms.items()}, loss.detach(), self.task.quartile(batch))
         return grad_norm
@@ -244,8 +281,11 @@ class Trainer:
                 bar.set_postfix(loss=f"{row['loss']:.4f}", ips=f"{row[s.unit + '_per_s']:.1f}")
         if d.main and s.preview_every and (step % s.preview_every == 0 or last):
             self.task.preview(self.ema.model, step)
-        if step % s.save_every == 0 or last:
+        snapshot = s.snapshot_every and step % s.snapshot_every == 0
+        if step % s.save_every == 0 or last or snapshot:
             if meter.nonfinite(d):  # never save weights a non-finite step has touched
                 raise self._stop_nonfinite(f"non-finite loss before step {step}")
-            if d.main:
+            if d.main and snapshot:
+                self.save_snapshot()
+            if d.main and (step % s.save_every == 0 or last):
                 self.save()

@@ -165,14 +165,14 @@ def bundle_of(ck: dict, path, raw: bool = False) -> Bundle:
     full = CODE_DDPM in ck["networks"]
     step = ck["networks"][DENOISER]["step"]
     if which == "ema":
-        warn_young_ema(path, step, cfg.training.ema_decay, " (Patch-DM network)" if full else "")
+        warn_young_ema(path, step, cfg.training, " (Patch-DM network)" if full else "")
     net = build_patchdm(cfg.model, sd[TABLE_KEY].shape[0] if TABLE_KEY in sd else None)
     net.load_state_dict(sd)
     bundle = Bundle(net.eval(), cfg, step=step)
     if full:
         entry = ck["networks"][CODE_DDPM]
         if not raw:
-            warn_young_ema(path, entry["step"], cfg.latent.ema_decay, " (latent MLP)")
+            warn_young_ema(path, entry["step"], cfg.latent, " (latent MLP)")
         latent = build_latent(cfg.latent, cfg.model.code_dim)
         latent.load_state_dict(C.weights(ck, CODE_DDPM, raw, path))
         bundle.latent, bundle.kind = latent.eval(), "full"

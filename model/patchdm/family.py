@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from configs import set_patch_size
+from configs.patchdm import recipe_defaults
 from runtime.cli import check_divisible
 from runtime.errors import CLIError
 from ..common import TrainSpec
@@ -56,4 +57,4 @@ def task(cfg, run, d, device, resume, args):
     return DenoiserTask(cfg, run, d, device, resume, args.allow_upscale)
 
 
-TRAIN = TrainSpec(FLAGS, FREE_ON_RESUME, "training.precision", DENOISER, task, prepare, check)
+TRAIN = TrainSpec(FLAGS, FREE_ON_RESUME, "training.precision", DENOISER, task, prepare, check, recipe_defaults)

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from dataset import build_dataset
 from diffusion import make_process
+from diffusion.weighting import TimeRecipe
 from runtime import dist as D
 from runtime.data import check_stored_size
 from runtime.device import autocast
@@ -25,6 +26,7 @@ from runtime.rng import rng, seed_for
 from training import checkpoint as C
 from training.batches import ImageBatches, every, local_batch
 from training.loop import LoopSettings, Task
+from training.recipe import EMASchedule, adam, loop_recipe
 from ..common import count_params
 from .builders import build_latent, build_patchdm
 from .checkpoint import CODE_DDPM, DENOISER, FAMILY, TABLE_KEY, load_code_table
@@ -70,7 +72,8 @@ def draw(cfg, step: int, rank: int, b: int, world: int, device):
     window = window_at(cfg, step)
     g = rng(seed, "timesteps", step)
     mine = slice(rank * b, (rank + 1) * b)
-    t = image_process(cfg.diffusion).draw_t(b * world, g)[mine]  # step indices, or flow times in [0, 1)
+    # the loss times: step indices, or flow times in [0, 1)
+    t = TimeRecipe.of(cfg.training).draw(image_process(cfg.diffusion), b * world, g)[mine]
     masks = (None, None)
     if cfg.training.cfg:
         code_keep, pos_keep = cfg_keep_masks(b * world, cfg.training.cfg_code_drop, cfg.training.cfg_pos_drop, g)
@@ -93,16 +96,17 @@ class LossStep(nn.Module):
     """The network plus its window loss as one forward, so DDP sees every parameter use."""
 
     def __init__(self, net, patch_size: int, image_size: tuple, process=None, windowed: bool = False,
-                 collage: str = "feature"):
+                 collage: str = "feature", weighting: TimeRecipe = TimeRecipe()):
         super().__init__()
         self.net, self.p, self.image_size, self.windowed = net, patch_size, tuple(image_size), windowed
-        self.process = process or make_process()
+        self.process, self.weighting = process or make_process(), weighting
         self.den = Denoiser(net, patch_size, collage)
 
     def forward(self, x0, index, t, noise, window, code_keep=None, pos_keep=None, offset=None) -> dict:
         """x0: images (B, 3, H, W), or with ``windowed`` already the 2p x 2p window of the padded images (as the
         dataset loads them for code-table models); noise (B, 3, 2p, 2p) for the window only.
-        Returns the per-image loss terms {"shift": (B,), "noshift": (B,)}."""
+        Returns the per-image loss terms {"shift": (B,), "noshift": (B,)}, each weighted by the recipe's loss
+        weight of its time (1 for the paper's)."""
         code = self.net.codes(None if self.windowed else x0, index)
         if code_keep is not None:  # Faithful: CFG drops the code by multiplying it by 0
             code = code * code_keep[:, None].to(code.dtype)
@@ -113,7 +117,7 @@ class LossStep(nn.Module):
             x0_win, mask_win = window_crop(x0, window, self.p)
         shift, noshift = self.den.loss_terms(Window(x0_win, mask_win, noise, window, offset), t, code, self.process,
                                              pos_keep)
-        return {"shift": shift, "noshift": noshift}
+        return self.weighting.weigh({"shift": shift, "noshift": noshift}, self.process, t)
 
 
 @torch.no_grad()
@@ -178,16 +182,17 @@ class DenoiserTask(Task):
             max_steps=tc.max_steps or 2_000_000_000 // tc.batch_size,  # official: 2e9 samples
             batch_size=tc.batch_size, save_every=every(tc.save_every_samples, tc.batch_size),
             preview_every=every(tc.sample_every_samples, tc.batch_size), log_every=log_every,
-            grad_clip=tc.grad_clip, precision=tc.precision, ema_decay=tc.ema_decay, desc="train", unit="images")
+            grad_clip=tc.grad_clip, precision=tc.precision, desc="train", unit="images", **loop_recipe(tc))
 
     def optimizer(self):
         tc = self.config.training
-        return torch.optim.Adam(self.network.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        return adam(self.network.parameters(), tc, tc.weight_decay)
 
     def loss_module(self):
         cfg = self.config
         return LossStep(self.network, cfg.model.patch_size, cfg.data.image_size, image_process(cfg.diffusion),
-                        windowed=not self.network.needs_image, collage=cfg.model.collage)
+                        windowed=not self.network.needs_image, collage=cfg.model.collage,
+                        weighting=TimeRecipe.of(cfg.training))
 
     def batch(self, step: int):
         d, device = self.d, self.device
@@ -283,7 +288,8 @@ class CodeTask(Task):
         lc = self.config.latent
         return LoopSettings(max_steps=lc.max_steps or lc.total_samples // lc.batch_size, batch_size=lc.batch_size,
                             save_every=max(1, lc.save_every_samples // lc.batch_size), log_every=log_every,
-                            grad_clip=lc.grad_clip, precision=lc.precision, ema_decay=lc.ema_decay, desc="latent",
+                            grad_clip=lc.grad_clip, precision=lc.precision, ema=EMASchedule(decay=lc.ema_decay),
+                            desc="latent",
                             unit="codes")
 
     def optimizer(self):

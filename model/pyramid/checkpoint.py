@@ -38,13 +38,13 @@ def bundle_of(ck: dict, path, raw: bool = False) -> Bundle:
     cfg = from_dict(ck["config"])
     entry = ck["networks"][AUTOENCODER]
     if not raw:
-        warn_young_ema(path, entry["step"], cfg.ae_training.ema_decay, " (autoencoder)")
+        warn_young_ema(path, entry["step"], cfg.ae_training, " (autoencoder)")
     ae = build_autoencoder(cfg.autoencoder)
     ae.load_state_dict(C.weights(ck, AUTOENCODER, raw, path))
     flow = None
     if FLOW in ck["networks"]:
         if not raw:
-            warn_young_ema(path, ck["networks"][FLOW]["step"], cfg.flow_training.ema_decay, " (flow)")
+            warn_young_ema(path, ck["networks"][FLOW]["step"], cfg.flow_training, " (flow)")
         flow = build_flow(cfg)
         flow.load_state_dict(C.weights(ck, FLOW, raw, path))
         flow.eval()

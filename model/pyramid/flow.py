@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from diffusion.weighting import TimeRecipe
 from .ncsnpp import PyramidNCSNpp
 
 
@@ -71,11 +72,12 @@ def flow_terms(v: tuple, target: tuple) -> dict:
 
 class FlowLoss(nn.Module):
     """The flow model plus its loss as one forward (DDP sees every parameter use): latents z (a tuple of posterior
-    samples, unscaled), loss times t (B,) and noise (a tuple like z) -> the per-latent terms."""
+    samples, unscaled), loss times t (B,) and noise (a tuple like z) -> the per-latent terms, weighted by the
+    recipe's loss weight of each time (1 for the paper's)."""
 
-    def __init__(self, flow: LatentFlow, process):
+    def __init__(self, flow: LatentFlow, process, weighting: TimeRecipe = TimeRecipe()):
         super().__init__()
-        self.flow, self.process = flow, process
+        self.flow, self.process, self.weighting = flow, process, weighting
 
     def forward(self, z: tuple, t: torch.Tensor, noise: tuple) -> dict:
         if self.training:
@@ -83,4 +85,5 @@ class FlowLoss(nn.Module):
         z = self.flow.scaler.scale(z)
         x_t = tuple(self.process.corrupt(a, t, n) for a, n in zip(z, noise))
         v = self.flow(x_t, self.process.net_t(t).to(z[0].device))
-        return flow_terms(v, tuple(self.process.target(a, t, n) for a, n in zip(z, noise)))
+        terms = flow_terms(v, tuple(self.process.target(a, t, n) for a, n in zip(z, noise)))
+        return self.weighting.weigh(terms, self.process, t)

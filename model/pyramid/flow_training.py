@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from dataset import build_dataset
 from diffusion.flow import FlowProcess
+from diffusion.weighting import TimeRecipe
 from runtime import dist as D
 from runtime.data import check_stored_size
 from runtime.files import save_grid
@@ -24,6 +25,7 @@ from runtime.rng import rng, seed_for
 from training import checkpoint as C
 from training.batches import local_batch
 from training.loop import LoopSettings, Task
+from training.recipe import adam
 from ..common import count_params
 from .builders import build_flow
 from .checkpoint import AUTOENCODER, FAMILY, FLOW
@@ -76,14 +78,10 @@ class FlowTask(Task):
         return loop_settings(self.config.flow_training, log_every, "flow", "latents")
 
     def optimizer(self):
-        return torch.optim.Adam(self.network.parameters(), lr=self.config.flow_training.lr)
-
-    def lr_scale(self, step: int) -> float:
-        warmup = self.config.flow_training.warmup
-        return min(1.0, (step + 1) / warmup) if warmup else 1.0
+        return adam(self.network.parameters(), self.config.flow_training)
 
     def loss_module(self):
-        self.module = FlowLoss(self.network, self.process)
+        self.module = FlowLoss(self.network, self.process, TimeRecipe.of(self.config.flow_training))
         return self.module
 
     def batch(self, step: int):
@@ -96,7 +94,7 @@ class FlowTask(Task):
         z = tuple(m[index] + s[index] * torch.randn((b, *m.shape[1:]), generator=g_post)[rows].to(self.device)
                   for m, s in zip(self.means, self.stds))
         noise = tuple(torch.randn((b, *m.shape[1:]), generator=g_noise)[rows].to(self.device) for m in self.means)
-        times = self.process.draw_t(b, rng(t.seed, "timesteps", step))[rows].to(self.device)
+        times = TimeRecipe.of(t).draw(self.process, b, rng(t.seed, "timesteps", step))[rows].to(self.device)
         torch.manual_seed(seed_for(t.seed, "dropout", step, self.d.rank))
         return dict(z=z, t=times, noise=noise), []
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from configs.common import Recipe
 from dataset import build_dataset
 from runtime import dist as D
 from runtime.data import check_stored_size
@@ -18,6 +19,7 @@ from runtime.rng import rng, seed_for
 from training import checkpoint as C
 from training.batches import ImageBatches, every, local_batch
 from training.loop import LoopSettings, Task
+from training.recipe import EMASchedule, loop_recipe
 from ..common import count_params
 from .builders import build_autoencoder
 from .checkpoint import AUTOENCODER, DISCRIMINATOR, FAMILY
@@ -49,11 +51,13 @@ def posterior_noise(autoencoder, x: torch.Tensor, seed: int, step: int, first: i
 
 
 def loop_settings(t, log_every: int, desc: str, unit: str) -> LoopSettings:
-    """The loop's settings from a training section of the family's config (ae_training, flow_training)."""
+    """The loop's settings from a training section of the family's config (ae_training, flow_training; the
+    learning-rate and EMA schedules of a section that has the Recipe's fields)."""
+    recipe = loop_recipe(t) if isinstance(t, Recipe) else dict(ema=EMASchedule(decay=t.ema_decay))
     return LoopSettings(max_steps=t.max_steps or 2_000_000_000 // t.batch_size, batch_size=t.batch_size,
                         save_every=every(t.save_every_samples, t.batch_size),
                         preview_every=every(t.sample_every_samples, t.batch_size), log_every=log_every,
-                        grad_clip=t.grad_clip, precision=t.precision, ema_decay=t.ema_decay, desc=desc, unit=unit)
+                        grad_clip=t.grad_clip, precision=t.precision, desc=desc, unit=unit, **recipe)
 
 
 class AutoencoderLoss(nn.Module):
