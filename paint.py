@@ -215,7 +215,8 @@ def main(argv=None) -> int:
     precision = check_precision(args.precision or sampling_precision(device), device)
     w = cfg.sampling.cfg_scale if args.cfg_scale is None else args.cfg_scale
     band_rows, band_cols = parse_bands(args.bands, 2 if w else 1, x.shape[-2:], p)
-    seamless = seamless_option(args, cfg.sampling, cfg.model.collage)
+    seamless = seamless_option(cfg.sampling, cfg.model.collage, args.seamless, args.seamless_views,
+                               args.seamless_below)
     b.net, x, m = net.to(device), x.to(device), m.to(device)
     if b.latent is not None:
         b.latent = b.latent.to(device)

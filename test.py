@@ -24,6 +24,7 @@ used by default (the official script silently used the raw ones); --raw takes th
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -31,23 +32,18 @@ import torch
 from tqdm import tqdm
 
 from dataset import IMAGE_EXTS, geometric_transform
-
 from diffusion import SAMPLERS
-from model import bundle_of, load, read
-from model.patchdm import CanvasOptions, Denoiser
-from model.patchdm.cli import add_seamless_args, check_sampler, parse_bands, seamless_option
-from model.patchdm.fast import COMPILE_MODES, COMPILE_SCOPES, cast_weights, speed_up
+from model import load
+from model.generator import Generator
+from model.patchdm.cli import add_seamless_args
+from model.patchdm.fast import COMPILE_MODES, COMPILE_SCOPES
 from model.patchdm.grid import WRAPS
-from model.patchdm.seamless import evaluations as seamless_evaluations
-from model.patchdm.sampling import bundle_codes, per_image_noise, sample_canvas, sampling_process
-from model.pyramid.checkpoint import FLOW
-from model.pyramid.sampling import generate as pyramid_images, image_noise, parse_levels, \
-    reconstruct as reconstruct_images, shapes_text
+from model.pyramid.sampling import parse_levels, reconstruct as reconstruct_images
 from runtime import dist as D
 from runtime.cli import ArgumentParser, check_divisible, parse_hw, positive_int
-from runtime.device import autocast, check_precision, device_type, pick_device, sampling_precision
+from runtime.device import device_type, pick_device
 from runtime.errors import CLIError, run_cli
-from runtime.files import make_parents, remove_empty, save_png
+from runtime.files import atomic_write_text, make_parents, remove_empty, save_png
 from runtime.images import read_rgb
 
 
@@ -107,26 +103,6 @@ def build_parser():
     return ap
 
 
-def load_full(path, raw: bool, codes_given: bool = False):
-    """The Bundle to generate with: a full checkpoint (train_latent.py or official) or, for the no-code ablation or
-    with --codes, a train.py checkpoint."""
-    if not path:
-        raise CLIError("--full_path is required: the checkpoint written by train_latent.py (or an official one)")
-    ck = read(path)
-    if ck.get("family") == "pyramid" and FLOW not in ck["networks"]:
-        raise CLIError(f"{path} is a pyramid autoencoder checkpoint: run train_latent.py -m {path} for a flow model "
-                       "to sample with, or give --reconstruct DIR to reconstruct images with it")
-    bundle = bundle_of(ck, path, raw)
-    if bundle.cfg.family == "pyramid":
-        return bundle
-    if bundle.latent is None and bundle.cfg.model.code_source != "none" and not codes_given:
-        raise CLIError(f"{path} is a Patch-DM checkpoint without a latent model; run train_latent.py on it first, "
-                       "or sample with the codes of training images (--codes 0,1,2)")
-    if bundle.latent is not None and bundle.cfg.model.code_source == "none":
-        bundle.latent = None
-    return bundle
-
-
 def output_plan(out: Path, names: list, skip_existing: bool, overwrite: bool) -> list:
     """The indices of ``names`` (PNG file names in ``out``) to make; refuses to replace existing PNGs unless asked
     (--overwrite or --skip_existing)."""
@@ -140,31 +116,6 @@ def output_plan(out: Path, names: list, skip_existing: bool, overwrite: bool) ->
         raise CLIError(f"{out} already holds {len(there)} of the {len(names)} images ({shown}): pass --skip_existing "
                        "to keep them and make the rest, or --overwrite to replace them")
     return [k for k in range(len(names)) if not (skip_existing and k in set(there))]
-
-
-def given_codes(spec: str, net, cfg) -> torch.Tensor:
-    """(n, D) codes of --codes: table rows by index, or the image encoder applied to image files."""
-    items = [s.strip() for s in spec.split(",") if s.strip()]
-    if not items:
-        raise CLIError("--codes is empty: give training-image indices (0,3,5) or image files (a.png,b.png)")
-    if cfg.model.code_source == "none":
-        raise CLIError("--codes: this model was trained without semantic codes (--no_code); leave --codes out")
-    if all(s.lstrip("-").isdigit() for s in items):
-        if not getattr(net, "uses_table", False):
-            raise CLIError("--codes with indices needs a code-table model; this one has an image encoder: give "
-                           "image files (--codes a.png,b.png)")
-        rows = net.code_source.weight.shape[0]
-        bad = [s for s in items if not 0 <= int(s) < rows]
-        if bad:
-            raise CLIError(f"--codes {bad[0]}: the code table has {rows} rows (0..{rows - 1})")
-        with torch.no_grad():
-            return net.codes(None, torch.tensor([int(s) for s in items])).float()
-    if getattr(net, "uses_table", False):
-        raise CLIError(f"--codes {items[0]!r}: a code-table model takes training-image indices (--codes 0,3,5)")
-    shape = geometric_transform(cfg.data.transform, cfg.data.image_size, cfg.data.resize)
-    x = torch.stack([read_rgb(s, shape) for s in items])
-    with torch.no_grad():
-        return net.codes(x, None).float()
 
 
 def main(argv=None) -> int:
@@ -220,66 +171,38 @@ def reconstruct(args, d: D.Dist) -> None:
           + (f" from latents {sorted(keep)}" if keep is not None else ""))
 
 
+# test.py's flags that only Patch-DM takes, with their defaults (left out of the settings of other families)
+PATCHDM_ONLY = {"codes": None, "cfg_scale": None, "latent_sampler": "ddim", "latent_steps": None, "wrap": "",
+                "bands": "auto", "seamless": None, "seamless_views": None, "seamless_below": None}
+
+
 def generate(args, d: D.Dist) -> None:
+    """Images 0..img_num-1 of --seed through the Python API (model/generator.py), each written as it is made."""
     device = pick_device(args.device, d.local_rank)
     out = Path(args.output_dir)
     n_codes = len([s for s in args.codes.split(",") if s.strip()]) if args.codes is not None else 0
     img_num = args.img_num or n_codes or 50000
     todo = output_plan(out, [f"{k}.png" for k in range(img_num)], args.skip_existing, args.overwrite)[d.rank::d.world]
     D.barrier(d)  # every rank has read the folder before any writes to it
-    bundle = load_full(args.full_path, args.raw, args.codes is not None)
-    if bundle.cfg.family == "pyramid":
-        return generate_pyramid(args, d, bundle, out, todo, device)
-    if args.sampler == "rk45":
-        raise CLIError("--sampler rk45 is for pyramid full checkpoints; Patch-DM samples its canvas with ddim, euler, "
-                       "heun, dpmpp2m or dpmpp3m")
-    cfg, unet, latent = bundle.cfg, bundle.net, bundle.latent
-    fixed = given_codes(args.codes, unet, cfg) if args.codes is not None else None
-    p = cfg.model.patch_size
-    if args.patch_size and args.patch_size != p:
-        raise CLIError(f"--patch_size {args.patch_size} does not match the checkpoint's patch size {p}")
-    hw = parse_hw(args.image_size) if args.image_size else tuple(cfg.sampling.image_size)
-    check_divisible(hw, p)
-    precision = check_precision(args.precision or sampling_precision(device), device)
-    steps = args.steps if args.steps is not None else cfg.sampling.steps
-    latent_steps = args.latent_steps if args.latent_steps is not None else cfg.sampling.latent_steps
-    w = cfg.sampling.cfg_scale if args.cfg_scale is None else args.cfg_scale
-    sampler = check_sampler(args.sampler, cfg.diffusion.objective, steps, cfg.diffusion.num_timesteps)
-    check_sampler(args.latent_sampler, cfg.latent.objective, latent_steps, cfg.latent.num_timesteps)
-    band_rows, band_cols = parse_bands(args.bands, args.batch_size * (2 if w else 1), hw, p)
-    seamless = seamless_option(args, cfg.sampling, cfg.model.collage)
-    process = sampling_process(cfg.diffusion, sampler, steps)
+    if not args.full_path:
+        raise CLIError("--full_path is required: the checkpoint written by train_latent.py (or an official one)")
+    gen = Generator(args.full_path, raw=args.raw, device=device, precision=args.precision, compile=args.compile,
+                    compile_scope=args.compile_scope)
+    if gen.family == "patchdm" and args.patch_size and args.patch_size != gen.cfg.model.patch_size:
+        raise CLIError(f"--patch_size {args.patch_size} does not match the checkpoint's patch size "
+                       f"{gen.cfg.model.patch_size}")
+    options = {k: getattr(args, k) for k, default in PATCHDM_ONLY.items()
+               if gen.family == "patchdm" or getattr(args, k) != default}
+    plan = gen.plan(seed=args.seed, image_size=args.image_size, sampler=args.sampler, steps=args.steps,
+                    batch_size=args.batch_size, **options)
     if d.main:
-        name = {"ddim": "DDIM", "euler": "Euler"}.get(sampler, sampler)
-        nfe = seamless_evaluations(seamless, process, sampler)
-        print(f"{hw[0]}x{hw[1]} images, {cfg.diffusion.objective} model, {steps} {name} steps"
-              + (f" ({nfe} evaluations)" if nfe != steps else "")
-              + (f" after {latent_steps} latent steps" if latent is not None and fixed is None else "")
-              + (f", codes {args.codes}" if fixed is not None else "")
-              + (f", seamless {seamless.method}" + (f" x{seamless.views}" if seamless.views > 1 else "")
-                 + f" below sigma/alpha {seamless.below:g}" if seamless else "")
-              + f", guidance {w}, {precision}, {'raw' if args.raw else 'EMA'} weights")
-    # cast_weights: the same function in less memory
-    unet = speed_up(cast_weights(unet.to(device), precision), args.compile, scope=args.compile_scope)
-    if latent is not None:
-        bundle.latent = latent = latent.to(device)
-    den = Denoiser(unet, p, cfg.model.collage)
-    opts = CanvasOptions(w, band_rows, band_cols, args.wrap, args.seed, cfg.sampling.clip_x0, in_place=True,
-                         seamless=seamless)
-
-    def make(ks):
-        z_T, x_T = zip(*(per_image_noise(args.seed, k, cfg.model.code_dim, hw) for k in ks))
-        if fixed is not None:
-            code = fixed[[k % len(fixed) for k in ks]].to(device)
-        elif latent is None:  # the no-code ablation: the zero code
-            code = torch.zeros(len(ks), cfg.model.code_dim, device=device)
-        else:
-            code = bundle_codes(bundle, torch.stack(z_T).to(device), latent_steps, args.latent_sampler)
-        with autocast(device, precision):
-            return sample_canvas(den, torch.stack(x_T).to(device), code, process, sampler, opts)
-
-    write_images(todo, args.batch_size, out, d, make)
-    print(f"{'' if d.world == 1 else f'rank {d.rank}: '}wrote {len(todo)} image(s) of {hw[0]}x{hw[1]} to {out}")
+        print(f"{plan.describe()}, {'raw' if args.raw else 'EMA'} weights")
+    done = write_images(todo, args.batch_size, out, d, plan.make)
+    if done and d.main:
+        atomic_write_text(json.dumps({**gen.record(plan), "images": img_num, "processes": d.world}, indent=2) + "\n",
+                          out / "generation.json")
+    print(f"{'' if d.world == 1 else f'rank {d.rank}: '}wrote {done} image(s) of {plan.hw[0]}x{plan.hw[1]} to {out}"
+          + getattr(plan, "summary", lambda: "")())
 
 
 def write_images(todo: list, batch_size: int, out: Path, d: D.Dist, make) -> int:
@@ -300,47 +223,6 @@ def write_images(todo: list, batch_size: int, out: Path, d: D.Dist, make) -> int
         if not done:
             remove_empty(created)
     return done
-
-
-PATCHDM_ONLY = {"codes": None, "cfg_scale": None, "patch_size": None, "latent_steps": None, "wrap": "",
-                "compile": "none", "bands": "auto", "seamless": None, "seamless_views": None,
-                "seamless_below": None}
-
-
-def generate_pyramid(args, d: D.Dist, bundle, out: Path, todo: list, device) -> None:
-    """A pyramid full checkpoint: noise -> the flow model's latents (euler, heun or rk45) -> the decoder's images."""
-    given = [k for k, default in PATCHDM_ONLY.items() if getattr(args, k) != default]
-    if given:
-        raise CLIError(f"--{given[0]} is a Patch-DM option; a pyramid checkpoint takes --sampler, --steps, "
-                       "--image_size, --seed, --batch_size, --precision and --raw")
-    cfg, s = bundle.cfg, bundle.cfg.sampling
-    sampler = args.sampler or s.sampler
-    if sampler not in ("euler", "heun", "rk45"):
-        raise CLIError(f"--sampler {sampler}: a pyramid flow model samples with euler, heun or rk45")
-    steps = args.steps if args.steps is not None else s.steps
-    hw = parse_hw(args.image_size) if args.image_size else tuple(s.image_size)
-    check_divisible(hw, 2 ** (len(cfg.autoencoder.channel_mult) - 1), "image size")
-    precision = check_precision(args.precision or sampling_precision(device), device)
-    ae = bundle.autoencoder.to(device)
-    bundle.flow.to(device)
-    shapes = ae.latent_shapes(*hw)
-    if d.main:
-        print(f"{hw[0]}x{hw[1]} images from latents {shapes_text(shapes)}, "
-              + ("rk45 (adaptive)" if sampler == "rk45" else f"{steps} {sampler} steps")
-              + f", {precision}, {'raw' if args.raw else 'EMA'} weights")
-    nfes = []
-
-    def make(ks):
-        noise = tuple(torch.stack(n).to(device) for n in zip(*(image_noise(args.seed, k, shapes) for k in ks)))
-        with autocast(device, precision):
-            img, nfe = pyramid_images(bundle, noise, sampler, steps)
-        nfes.append(nfe)
-        return img
-
-    done = write_images(todo, args.batch_size, out, d, make)
-    print(f"{'' if d.world == 1 else f'rank {d.rank}: '}wrote {done} image(s) of {hw[0]}x{hw[1]} to {out}"
-          + (f"; rk45 used {sum(nfes) / len(nfes):.1f} evaluations per batch (min {min(nfes)}, max {max(nfes)})"
-             if sampler == "rk45" and nfes else ""))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from training.resume import compatible_or_raise
 
 # Flags every family takes; the others belong to a family (its TRAIN.flags) and are refused for the rest.
 GENERIC = ("config", "name", "device", "log_every", "runs_dir", "set", "allow_change", "allow_upscale", "dry_run",
-           "snapshot_every", "snapshot_raw")
+           "snapshot_every", "snapshot_raw", "tensorboard")
 
 
 def build_parser():

@@ -159,16 +159,41 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
 
-def save_stats(path, mu, sigma, **meta) -> None:
-    """Cache statistics as .npz (mu, sigma and string metadata describing what they were computed from)."""
-    atomic_savez(path, mu=mu, sigma=sigma, **{f"meta_{k}": np.array(str(v)) for k, v in meta.items()})
+def kernel_distance(f_gen: np.ndarray, f_real: np.ndarray, subsets: int = 100, subset_size: int = 1000,
+                    seed: int = 0) -> tuple:
+    """KID (Binkowski et al. 2018): the unbiased squared MMD between two feature sets under the cubic polynomial kernel
+    k(x, y) = (x.y / d + 1)^3, averaged over ``subsets`` random subsets of ``subset_size`` features of each side
+    (drawn without replacement; at most the smaller set's size). Returns (mean, std over the subsets), float64."""
+    f_gen, f_real = np.asarray(f_gen, np.float64), np.asarray(f_real, np.float64)
+    if f_gen.shape[1:] != f_real.shape[1:]:
+        raise FIDError(f"features of different dimensions: {f_gen.shape[1:]} vs {f_real.shape[1:]}")
+    m = min(subset_size, len(f_gen), len(f_real))
+    if m < 2:
+        raise FIDError("at least 2 images on each side are needed for KID")
+    d, rng = f_gen.shape[1], np.random.default_rng(seed)
+    values = []
+    for _ in range(subsets):
+        x = f_gen[rng.choice(len(f_gen), m, replace=False)]
+        y = f_real[rng.choice(len(f_real), m, replace=False)]
+        kxx, kyy, kxy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
+        off = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        values.append(off - 2 * kxy.mean())
+    return float(np.mean(values)), float(np.std(values))
+
+
+def save_stats(path, mu, sigma, features=None, **meta) -> None:
+    """Cache statistics as .npz (mu, sigma, the features where given (KID needs them), and string metadata
+    describing what they were computed from)."""
+    arrays = {"mu": mu, "sigma": sigma, **({"features": features.astype(np.float32)} if features is not None else {})}
+    atomic_savez(path, **arrays, **{f"meta_{k}": np.array(str(v)) for k, v in meta.items()})
 
 
 def load_stats(path) -> tuple:
-    """(mu, sigma, meta) of a .npz written by save_stats (or pytorch-fid's mu/sigma files, meta empty)."""
+    """(mu, sigma, meta, features or None) of a .npz written by save_stats (or pytorch-fid's mu/sigma files: meta
+    empty, no features)."""
     try:
         with np.load(path, allow_pickle=False) as f:
             meta = {k[5:]: str(f[k]) for k in f.files if k.startswith("meta_")}
-            return f["mu"], f["sigma"], meta
+            return f["mu"], f["sigma"], meta, (f["features"].astype(np.float64) if "features" in f.files else None)
     except (OSError, KeyError, ValueError) as e:
         raise FIDError(f"cannot read statistics {path}: {e}") from None

@@ -65,8 +65,11 @@ def check_divisible(hw: tuple, p: int, what: str = "image size") -> None:
 
 
 def add_snapshot_args(ap) -> None:
-    """The training scripts' --snapshot_every / --snapshot_raw (training.loop.LoopSettings)."""
+    """The training scripts' --snapshot_every / --snapshot_raw / --tensorboard (training.loop.LoopSettings)."""
     ap.add_argument("--snapshot_every", type=bounded(int, 1, "--snapshot_every"), default=None, metavar="STEPS",
                     help="also keep the EMA weights every STEPS steps in checkpoints/step-NNNNNNN.pt (never removed; "
                          "for tables against training steps; give it again when resuming)")
     ap.add_argument("--snapshot_raw", action="store_true", help="snapshots hold the raw weights too")
+    ap.add_argument("--tensorboard", action="store_true",
+                    help="also write the logged losses, speed and preview grids for TensorBoard to RUN/tensorboard "
+                         "(needs the tensorboard package; stats.jsonl and plot.py work without it)")

@@ -63,7 +63,7 @@ class _Recorder(io.RawIOBase):
 
 
 @contextlib.contextmanager
-def _replacing(path, suffix: str):
+def replacing(path, suffix: str):
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``; on any failure it is
     removed and ``path`` is left as it was (write failures become WriteError)."""
     path = os.fspath(path)
@@ -97,7 +97,7 @@ def _fsync(tmp) -> None:
 def atomic_save(obj, path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename: a kill or a full disk never leaves a torn
     file, and the file it replaces stays intact until then."""
-    with _replacing(path, ".pt") as tmp:
+    with replacing(path, ".pt") as tmp:
         with open(tmp, "wb", buffering=0) as f:
             rec = _Recorder(f)
             try:
@@ -108,14 +108,14 @@ def atomic_save(obj, path) -> None:
 
 
 def atomic_write_text(text: str, path) -> None:
-    with _replacing(path, ".txt") as tmp:
+    with replacing(path, ".txt") as tmp:
         with open(tmp, "w") as f:
             f.write(text)
 
 
 def atomic_savez(path, **arrays) -> None:
     """np.savez, atomically (the name keeps its own suffix)."""
-    with _replacing(path, ".npz") as tmp:
+    with replacing(path, ".npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
 
@@ -181,10 +181,15 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.permute(1, 2, 0).numpy()
 
 
+def to_pil(x: torch.Tensor) -> Image.Image:
+    """One image (3, H, W) in [-1, 1] as the PIL image every PNG of the project is written from."""
+    return Image.fromarray(to_uint8(x))
+
+
 def save_png(x: torch.Tensor, path) -> None:
     """Write one image (3, H, W) in [-1, 1] as PNG, atomically."""
-    with _replacing(path, ".png") as tmp:
-        Image.fromarray(to_uint8(x)).save(tmp, format="PNG")
+    with replacing(path, ".png") as tmp:
+        to_pil(x).save(tmp, format="PNG")
 
 
 def save_grid(images: torch.Tensor, path, ncol: int | None = None, pad: int = 2) -> None:

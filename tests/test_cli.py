@@ -349,8 +349,8 @@ def test_quickstart_runs_the_whole_chain_and_continues(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, check=True, cwd=tmp_path, env=env, capture_output=True)
     made = sorted(p.name for p in (out / "conditional").iterdir())
-    assert made == ["0.png", "1.png", "2.png", "real_0.png", "real_1.png", "real_2.png"]
-    assert sorted(p.name for p in (out / "unconditional").iterdir()) == ["0.png", "1.png"]
+    assert made == ["0.png", "1.png", "2.png", "generation.json", "real_0.png", "real_1.png", "real_2.png"]
+    assert sorted(p.name for p in (out / "unconditional").iterdir()) == ["0.png", "1.png", "generation.json"]
     run_cfg = json.loads((out / "runs" / "patchdm" / "config.json").read_text())
     assert run_cfg["diffusion"]["objective"] == "v" and run_cfg["sampling"]["seamless"] == "shift"
     latent_cfg = json.loads((out / "runs" / "latent" / "config.json").read_text())

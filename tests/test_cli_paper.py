@@ -1,6 +1,7 @@
 """The command-line parts the official code never shipped: ablation training, inpainting / outpainting, wrap-around
 generation and torchrun-sharded generation."""
 
+import json
 import os
 import subprocess
 import sys
@@ -41,7 +42,7 @@ def test_ablation_flags_reach_the_config_and_train(lmdb_path, codes, tmp_path):
     out = tmp_path / "gen"
     assert run_cli(sample.main, ["-f", str(last), "-g", str(out), "--img_num", "2", "--device", "cpu",
                                  "--steps", "2"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["0.png", "1.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["0.png", "1.png", "generation.json"]
     assert run_cli(train_latent.main, ["-m", str(last), "-n", "lat", "--device", "cpu", "--runs_dir",
                                        str(runs)]) == 2
     assert run_cli(train.main, ["--config", "tiny", "-d", str(lmdb_path), "-n", "x", "--no_code", "--semantic_path",
@@ -129,8 +130,10 @@ def test_torchrun_generation_equals_one_process(trained, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "rank 0: wrote 3" in proc.stdout and "rank 1: wrote 2" in proc.stdout
     assert run_cli(sample.main, [*common, "-g", str(tmp_path / "one")]) == 0
-    names = sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) == [f"{k}.png" for k in range(5)]
+    names = sorted(p.name for p in (tmp_path / "one").glob("*.png"))
+    assert names == sorted(p.name for p in (tmp_path / "two").glob("*.png")) == [f"{k}.png" for k in range(5)]
+    one, two = (json.loads((tmp_path / f / "generation.json").read_text()) for f in ("one", "two"))
+    assert (one["processes"], two["processes"]) == (1, 2) and one["checkpoint_sha256"] == two["checkpoint_sha256"]
     for name in names:
         a = np.asarray(Image.open(tmp_path / "one" / name), dtype=int)
         b = np.asarray(Image.open(tmp_path / "two" / name), dtype=int)

@@ -57,6 +57,24 @@ def image_sets(tmp_path_factory):
     return root
 
 
+def test_kid_matches_a_hand_computation():
+    """With one subset of every feature, KID is the unbiased MMD^2 under (x.y/d + 1)^3, written out as loops."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(0, 1, (7, 3)), rng.normal(0.5, 1, (6, 3))
+    k = lambda a, b: (a @ b / 3 + 1) ** 3  # noqa: E731
+    m = 6  # the smaller side: every y, and 6 of the 7 x drawn by the seed
+    xs = x[np.random.default_rng(5).choice(7, m, replace=False)]
+    same = sum(k(xs[i], xs[j]) + k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    cross = sum(k(xs[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
+    mean, std = F.kernel_distance(x, y, subsets=1, subset_size=10, seed=5)
+    assert mean == pytest.approx(same - 2 * cross, rel=1e-12) and std == 0.0
+    # the same distribution scores near 0 (unbiased: either sign), a shifted one clearly above
+    a, b = rng.normal(0, 1, (400, 8)), rng.normal(0, 1, (400, 8))
+    near, _ = F.kernel_distance(a, b, subsets=20, subset_size=200)
+    far, _ = F.kernel_distance(a, b + 1.0, subsets=20, subset_size=200)
+    assert abs(near) < 0.05 < far
+
+
 def test_fid_equals_pytorch_fid(random_weights, image_sets, tmp_path, monkeypatch, capsys):
     from pytorch_fid import fid_score
     out = tmp_path / "fid.json"
@@ -65,6 +83,13 @@ def test_fid_equals_pytorch_fid(random_weights, image_sets, tmp_path, monkeypatc
     assert run_cli(fid_cli.main, [*args, "--untrusted_weights"]) == 0
     ours = json.loads(out.read_text())
     assert "not an FID" in ours["metric"] and ours["genuine_weights"] is False
+    # KID from the same features: the features of both folders through the same kernel estimate
+    model, _ = F.load_inception(random_weights, "cpu", 64, allow_untrusted=True)
+    from metrics.images import open_images
+    feats = [F.activations(model, open_images(str(image_sets / s), None, None), 7) for s in "ab"]
+    mean, std = F.kernel_distance(*feats)
+    assert ours["kid"]["mean"] == pytest.approx(mean, rel=1e-9) and ours["kid"]["std"] == pytest.approx(std, rel=1e-9)
+    assert "not a KID" in ours["kid"]["metric"] and ours["kid"]["mean"] > 0
     state = torch.load(random_weights, weights_only=True)
     monkeypatch.setattr("pytorch_fid.inception.load_state_dict_from_url", lambda *a, **k: state)
     ref = fid_score.calculate_fid_given_paths([str(image_sets / "a"), str(image_sets / "b")], 50, "cpu", 64,
@@ -96,8 +121,9 @@ def test_real_statistics_are_cached(random_weights, image_sets, tmp_path, capsys
     base = ["--real", str(image_sets / "b"), "--config", "tiny", "--weights", str(random_weights), "--dims", "64",
             "--device", "cpu", "--workers", "0", "--untrusted_weights", "--real_stats", str(cache)]
     assert run_cli(fid_cli.main, base) == 0 and cache.is_file()
-    mu, sigma, meta = F.load_stats(cache)
+    mu, sigma, meta, feats = F.load_stats(cache)
     assert mu.shape == (64,) and sigma.shape == (64, 64) and meta["n"] == "24" and meta["image_size"] == "16x24"
+    assert feats.shape == (24, 64) and np.allclose(feats.mean(axis=0), mu, atol=1e-5)  # KID's side of the cache
     capsys.readouterr()
     assert run_cli(fid_cli.main, [*base, "--gen", str(image_sets / "a")]) == 0
     assert "real statistics from" in capsys.readouterr().out

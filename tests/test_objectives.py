@@ -12,7 +12,7 @@ from diffusion import FlowProcess, ddim, repaint
 from diffusion.samplers import one_step
 from model.patchdm import CanvasOptions, Denoiser, Window
 from model.patchdm.grid import window_crop
-from model.patchdm.sampling import image_process, sample_canvas
+from model.patchdm.sampling import image_process, per_image_noise, sample_canvas
 from runtime.errors import run_cli
 from tests.helpers import load_script, train_run
 
@@ -187,7 +187,7 @@ def test_objective_is_stored_and_followed_by_test_py(trained, tmp_path):
         assert run_cli(test.main, ["-f", str(ckpt), "-g", str(out), "--codes", "1,0", "--raw", "--device", "cpu",
                                    "--steps", "4", "--bands", "off"]) == 0
         png = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / "0.png"))
-        _, x_T = test.per_image_noise(0, 0, bundle.cfg.model.code_dim, tuple(bundle.cfg.sampling.image_size))
+        _, x_T = per_image_noise(0, 0, bundle.cfg.model.code_dim, tuple(bundle.cfg.sampling.image_size))
         code = bundle.net.codes(None, torch.tensor([1]))
         den = Denoiser(bundle.net, bundle.cfg.model.patch_size)
         with torch.no_grad():
@@ -310,7 +310,7 @@ def test_latent_objective_is_stored_and_followed_by_test_py(trained, tmp_path, m
                                "--steps", "3", "--bands", "off"]) == 0
     assert seen == ["v"]
     png = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / "0.png")).astype(float)
-    z_T, x_T = test.per_image_noise(0, 0, b.cfg.model.code_dim, tuple(b.cfg.sampling.image_size))
+    z_T, x_T = per_image_noise(0, 0, b.cfg.model.code_dim, tuple(b.cfg.sampling.image_size))
     lc = b.cfg.latent
     with torch.no_grad():
         code = ddim_sample_latent(b.latent, z_T[None], b.cfg.sampling.latent_steps,

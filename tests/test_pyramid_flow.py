@@ -244,7 +244,7 @@ def test_train_latent_then_generate_through_the_command_lines(tiny_ae, tmp_path,
         capsys.readouterr()
         assert run_cli(test.main, ["-f", str(run / "checkpoints" / "last.pt"), "-g", str(out), "--img_num", "3",
                                    "-b", "2", "--device", "cpu", "--sampler", sampler, "--raw"]) == 0
-        assert sorted(p.name for p in out.iterdir()) == ["0.png", "1.png", "2.png"]
+        assert sorted(p.name for p in out.iterdir()) == ["0.png", "1.png", "2.png", "generation.json"]
         assert Image.open(out / "0.png").size == (24, 16)
         if sampler == "rk45":
             assert "rk45 used" in capsys.readouterr().out

@@ -16,10 +16,12 @@ families register (``read``).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from runtime.errors import CheckpointError
 from runtime.files import atomic_save
 from runtime.safe_load import read_checkpoint
+from .export import read_folder
 from .recipe import EMASchedule
 
 FORMAT = "checkpoint-v2"
@@ -47,8 +49,11 @@ def save(ck: dict, path) -> None:
 
 
 def read(path, legacy_readers=()) -> dict:
-    """Any checkpoint file as a v2 dict: a v2 file as it is; otherwise the first of ``legacy_readers`` (functions
-    (obj, path) -> v2 dict or None) that recognises what was read. CheckpointError when none does."""
+    """Any checkpoint file as a v2 dict: a v2 file as it is; a folder written by export.py (training/export.py);
+    otherwise the first of ``legacy_readers`` (functions (obj, path) -> v2 dict or None) that recognises what was
+    read. CheckpointError when none does."""
+    if Path(path).is_dir():
+        return make(**read_folder(path))
     obj = read_checkpoint(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return obj

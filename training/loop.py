@@ -26,6 +26,7 @@ from runtime.device import autocast
 from runtime.errors import CLIError, GracefulStop
 from runtime.files import JsonlLog, atomic_write_text
 from . import checkpoint as C
+from .board import Board, writer_class
 from .ema import EMA
 from .meter import Meter, total
 from .recipe import EMASchedule, lr_scale
@@ -53,14 +54,16 @@ class LoopSettings:
     posthoc: tuple = ()
     snapshot_every: int = 0
     snapshot_raw: bool = False
+    tensorboard: bool = False
     desc: str = "train"
     unit: str = "images"
 
 
 def cli_settings(task, args) -> "LoopSettings":
-    """The task's settings with the training script's --log_every, --snapshot_every and --snapshot_raw."""
+    """The task's settings with the training script's --log_every, --snapshot_every, --snapshot_raw and
+    --tensorboard."""
     return replace(task.settings(args.log_every), snapshot_every=args.snapshot_every or 0,
-                   snapshot_raw=args.snapshot_raw)
+                   snapshot_raw=args.snapshot_raw, tensorboard=args.tensorboard)
 
 
 class Task:
@@ -96,7 +99,7 @@ class Task:
         """Called after the optimizer step and the EMA update (e.g. a discriminator's own step)."""
 
     def preview(self, ema_network: nn.Module, step: int) -> None:
-        """Write a preview of the EMA network (main process only)."""
+        """Write a preview of the EMA network as RUN/samples/STEP.png (7 digits; main process only)."""
 
     def row_extra(self) -> dict:
         """Values added to every log row."""
@@ -166,7 +169,9 @@ class Trainer:
                         for std in settings.posthoc}
         self.opt = task.optimizer()
         self.scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
-        self.step, self.samples = 0, 0
+        self.step, self.samples, self.board = 0, 0, None
+        if settings.tensorboard and d.main:
+            writer_class()  # a missing package is one line before anything is written
         if resume is not None:
             self.restore(resume)
         module = task.loss_module()
@@ -228,6 +233,8 @@ class Trainer:
             atomic_write_text(json.dumps(task.config_dict(), indent=2), self.run / "config.json")
             print(task.describe(self.step))
         log, meter = JsonlLog(self.run / "stats.jsonl"), Meter(self.device)
+        # a resumed run drops the events a killed run wrote after its last checkpoint
+        self.board = Board(self.run / "tensorboard", self.step or None) if s.tensorboard and d.main else None
         bar = tqdm(total=s.max_steps, initial=self.step, disable=not d.main, desc=s.desc, unit="step",
                    dynamic_ncols=True)
         try:
@@ -244,6 +251,8 @@ class Trainer:
                 self._log_preview_save(meter, log, bar, grad_norm)
         finally:
             bar.close()  # on any exit, so that an error line starts a line of its own
+            if self.board is not None:
+                self.board.close()
         return self.step
 
     def _optimize(self, batch, meter: Meter) -> torch.Tensor:
@@ -278,9 +287,13 @@ class Trainer:
                        scale=self.scaler.get_scale() if self.scaler.is_enabled() else 1.0, **self.task.row_extra())
             if d.main:
                 log.write(**row)
+                if self.board is not None:
+                    self.board.row(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", ips=f"{row[s.unit + '_per_s']:.1f}")
         if d.main and s.preview_every and (step % s.preview_every == 0 or last):
             self.task.preview(self.ema.model, step)
+            if self.board is not None:
+                self.board.preview(self.run / "samples" / f"{step:07d}.png", step)
         snapshot = s.snapshot_every and step % s.snapshot_every == 0
         if step % s.save_every == 0 or last or snapshot:
             if meter.nonfinite(d):  # never save weights a non-finite step has touched

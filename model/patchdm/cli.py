@@ -60,11 +60,12 @@ def add_seamless_args(ap) -> None:
                          f"R (default {BELOW}; inf: every step, which loses layout)")
 
 
-def seamless_option(args, sampling, collage: str):
-    """The Seamless of --seamless / --seamless_views, or of the checkpoint's sampling config when not given; None for
-    off. One line for a bad value or a model whose collage moves its own grid."""
+def seamless_option(sampling, collage: str, method: str | None = None, views: int | None = None,
+                    below: float | None = None):
+    """The Seamless of --seamless / --seamless_views / --seamless_below, or of the checkpoint's sampling config where
+    not given; None for off. One line for a bad value or a model whose collage moves its own grid."""
     try:
-        spec = configured(sampling, args.seamless, args.seamless_views, args.seamless_below)
+        spec = configured(sampling, method, views, below)
     except ValueError as e:
         raise CLIError(str(e)) from None
     if spec is not None and collage != "feature":

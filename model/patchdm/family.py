@@ -6,11 +6,15 @@ from configs import set_patch_size
 from configs.patchdm import recipe_defaults
 from runtime.cli import check_divisible
 from runtime.errors import CLIError
+from training import checkpoint as C
 from ..common import TrainSpec
-from .checkpoint import DENOISER, FAMILY, LEGACY_READERS, bundle_of
+from .checkpoint import CODE_DDPM, DENOISER, FAMILY, LEGACY_READERS, bundle_of, denoiser_weights
+from .generate import PatchDMGenerator
 from .training import DenoiserTask
 
-__all__ = ["FAMILY", "LEGACY_READERS", "bundle_of", "TRAIN"]
+__all__ = ["FAMILY", "LEGACY_READERS", "bundle_of", "TRAIN", "GENERATOR", "export_weights", "card_facts"]
+
+GENERATOR = PatchDMGenerator  # what model.generator.Generator samples with
 
 # train.py: each flag sets config fields: (field, value), where None means the flag's own value. A flag left out
 # (None) sets nothing, so a resumed run keeps what it had (EDM2's flags-default-to-None pattern).
@@ -58,3 +62,27 @@ def task(cfg, run, d, device, resume, args):
 
 
 TRAIN = TrainSpec(FLAGS, FREE_ON_RESUME, "training.precision", DENOISER, task, prepare, check, recipe_defaults)
+
+
+def export_weights(ck: dict, path, raw: bool) -> dict:
+    """{network: state dict} that export.py writes: the weights ``bundle_of(ck, path, raw)`` samples with (in a full
+    checkpoint, the denoiser weights its code DDPM learned the codes of), the code DDPM's where there is one."""
+    out = {DENOISER: denoiser_weights(ck, raw, path)[0]}
+    if CODE_DDPM in ck["networks"]:
+        out[CODE_DDPM] = C.weights(ck, CODE_DDPM, raw, path)
+    return out
+
+
+def card_facts(cfg, ck: dict) -> list:
+    """(label, value) rows of the model card (export.py)."""
+    m, d, rows = cfg.model, cfg.data, []
+    source = {"table": "a code table", "encoder": "an image encoder", "none": "none (the no-code ablation)"}
+    rows += [("objective", f"{cfg.diffusion.objective} ({cfg.diffusion.num_timesteps} diffusion steps)"),
+             ("patch size", m.patch_size), ("semantic codes", f"{source[m.code_source]}, {m.code_dim} dims"),
+             ("latent model", "yes (a full checkpoint: unconditional samples)" if CODE_DDPM in ck["networks"]
+              else "no (sample with the codes of training images: --codes 0,1,2)"),
+             ("sampling defaults", f"{cfg.sampling.image_size[0]}x{cfg.sampling.image_size[1]}, "
+                                   f"{cfg.sampling.steps} steps, guidance {cfg.sampling.cfg_scale}"),
+             ("training data", f"{d.path or 'not recorded'} at {d.image_size[0]}x{d.image_size[1]}"
+                               + (f", code table {d.code_table}" if d.code_table else ""))]
+    return rows

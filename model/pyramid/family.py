@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from training import checkpoint as C
 from ..common import TrainSpec
-from .checkpoint import AUTOENCODER, FAMILY, LEGACY_READERS, bundle_of
+from .checkpoint import AUTOENCODER, FAMILY, FLOW, LEGACY_READERS, bundle_of
+from .generate import PyramidGenerator
 from .training import AutoencoderTask
 
-__all__ = ["FAMILY", "LEGACY_READERS", "bundle_of", "TRAIN"]
+__all__ = ["FAMILY", "LEGACY_READERS", "bundle_of", "TRAIN", "GENERATOR", "export_weights", "card_facts"]
+
+GENERATOR = PyramidGenerator  # what model.generator.Generator samples with
 
 # train.py flags of the autoencoder (field, value or None for the flag's own value); a flag left out sets nothing.
 FLAGS = {
@@ -30,3 +34,20 @@ def task(cfg, run, d, device, resume, args):
 
 
 TRAIN = TrainSpec(FLAGS, FREE_ON_RESUME, "ae_training.precision", AUTOENCODER, task)
+
+
+def export_weights(ck: dict, path, raw: bool) -> dict:
+    """{network: state dict} that export.py writes: the autoencoder's and, in a full checkpoint, the flow model's
+    (the discriminator only trains)."""
+    return {name: C.weights(ck, name, raw, path) for name in (AUTOENCODER, FLOW) if name in ck["networks"]}
+
+
+def card_facts(cfg, ck: dict) -> list:
+    """(label, value) rows of the model card (export.py)."""
+    s, d = cfg.sampling, cfg.data
+    return [("objective", "latent rectified flow (velocity)" if FLOW in ck["networks"] else
+             "autoencoder only (no flow model yet: reconstructions, test.py --reconstruct)"),
+            ("latents", f"{len(cfg.autoencoder.latent_levels)} (channels {list(cfg.autoencoder.latent_channels)}, at "
+                        f"1/{', 1/'.join(str(2 ** lv) for lv in cfg.autoencoder.latent_levels)} of the image)"),
+            ("sampling defaults", f"{s.image_size[0]}x{s.image_size[1]}, {s.sampler}, {s.steps} steps"),
+            ("training data", f"{d.path or 'not recorded'} at {d.image_size[0]}x{d.image_size[1]}")]
