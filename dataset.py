@@ -18,8 +18,6 @@ import numpy as np
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
-from torchvision import transforms
-from torchvision.transforms import functional as TF
 
 from runtime.errors import UserError
 from runtime.images import View, region_bounds, to_rgb, to_unit_tensor
@@ -57,29 +55,55 @@ def geometric_transform(kind: str, image_size: tuple, resize: tuple):
     """
     h, w = image_size
     if kind == "nature":
-        steps = [transforms.Resize(tuple(resize)), transforms.CenterCrop((h, w))]
+        steps = [lambda img: bilinear(img, tuple(resize)), lambda img: center_crop(img, (h, w))]
     elif kind in ("resize", "resize_crop"):
-        steps = [transforms.Resize(min(h, w)) if h == w else _Cover((h, w)), transforms.CenterCrop((h, w))]
+        first = (lambda img: shorter_side(img, h)) if h == w else (lambda img: cover(img, (h, w)))
+        steps = [first, lambda img: center_crop(img, (h, w))]
     else:
         raise ValueError(f"unknown transform {kind!r}; choose nature, resize or resize_crop")
-    chain = transforms.Compose(steps)
 
     def apply(img: Image.Image) -> Image.Image:
-        return img if img.size == (w, h) else chain(img)
+        if img.size == (w, h):
+            return img
+        for step in steps:
+            img = step(img)
+        return img
 
     return apply
 
 
-class _Cover:
+# The geometry in PIL, as torchvision's Resize / CenterCrop compute it on PIL images (tests/test_data.py checks it
+# pixel for pixel against torchvision), without importing torchvision: its package pulls in torch._dynamo, seconds
+# that every script's --help and every img2lmdb worker would pay.
+
+def bilinear(img: Image.Image, hw: tuple) -> Image.Image:
+    """Resize to (h, w), bilinear (PIL's, antialiased)."""
+    return img.resize((hw[1], hw[0]), Image.BILINEAR)
+
+
+def shorter_side(img: Image.Image, size: int) -> Image.Image:
+    """torchvision Resize(size): the shorter side to ``size``, the longer one int(size * long / short)."""
+    w, h = img.size
+    short, long = min(w, h), max(w, h)
+    new_long = int(size * long / short)
+    return bilinear(img, (new_long, size) if w <= h else (size, new_long))
+
+
+def cover(img: Image.Image, hw: tuple) -> Image.Image:
     """Resize (bilinear) so the image covers (h, w) with its aspect ratio kept."""
+    h, w = hw
+    s = max(h / img.height, w / img.width)
+    return bilinear(img, (max(h, round(img.height * s)), max(w, round(img.width * s))))
 
-    def __init__(self, size):
-        self.size = size
 
-    def __call__(self, img):
-        h, w = self.size
-        s = max(h / img.height, w / img.width)
-        return TF.resize(img, [max(h, round(img.height * s)), max(w, round(img.width * s))])
+def center_crop(img: Image.Image, hw: tuple) -> Image.Image:
+    """torchvision CenterCrop(hw): the centre (h, w), offsets int(round(d / 2)); a side shorter than the crop is
+    padded with black, d // 2 before it."""
+    h, w = hw
+    dh, dw = img.height - h, img.width - w
+    top = int(round(dh / 2.0)) if dh >= 0 else -((-dh) // 2)
+    left = int(round(dw / 2.0)) if dw >= 0 else -((-dw) // 2)
+    return img.crop((left, top, left + w, top + h))
 
 
 _ENVS = weakref.WeakValueDictionary()  # (real path, process id, data.mdb inode) -> environment

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from dataset import IMAGE_EXTS, geometric_transform
 from diffusion import SAMPLERS
 from model import load
-from model.generator import Generator
+from model.generator import STEP_BAR_AFTER, Generator
 from model.patchdm.cli import add_seamless_args
 from model.patchdm.fast import COMPILE_MODES, COMPILE_SCOPES
 from model.patchdm.grid import WRAPS
@@ -195,6 +195,7 @@ def generate(args, d: D.Dist) -> None:
                if gen.family == "patchdm" or getattr(args, k) != default}
     plan = gen.plan(seed=args.seed, image_size=args.image_size, sampler=args.sampler, steps=args.steps,
                     batch_size=args.batch_size, **options)
+    plan.step_bar = STEP_BAR_AFTER if d.main else False  # a large canvas shows its steps
     if d.main:
         print(f"{plan.describe()}, {'raw' if args.raw else 'EMA'} weights")
     done = write_images(todo, args.batch_size, out, d, plan.make)

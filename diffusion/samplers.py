@@ -177,9 +177,12 @@ def make_step(sampler: str, process, model_fn=None, bands_fn=None, clip_x0: bool
     raise ValueError(supported(sampler, "eps") or sampler)
 
 
-def run_steps(step, x, process, progress: bool = False, desc: str = "sample"):
-    """Apply step(x, i) for i = N-1 .. 0 of the respaced process."""
-    for i in tqdm(range(process.num_timesteps - 1, -1, -1), disable=not progress, desc=desc, leave=False):
+def run_steps(step, x, process, progress: bool | float = False, desc: str = "sample"):
+    """Apply step(x, i) for i = N-1 .. 0 of the respaced process. ``progress``: a bar of the steps (True), none
+    (False), or a number of seconds: the bar appears only once the steps have taken that long (a large canvas)."""
+    delay = 0.0 if progress is True else float(progress or 0)
+    for i in tqdm(range(process.num_timesteps - 1, -1, -1), disable=not progress, desc=desc, leave=False,
+                  delay=delay, dynamic_ncols=True):
         x = step(x, i)
     return x
 

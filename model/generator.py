@@ -33,6 +33,7 @@ from runtime.files import to_pil
 from . import FAMILIES, bundle_of, read
 
 OUTPUTS = ("pil", "tensor")
+STEP_BAR_AFTER = 10.0  # seconds: a batch that takes longer shows a bar over its sampler steps
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -53,10 +54,12 @@ def project_commit() -> str | None:
 
 class Generator:
     """A trained model ready to generate: ``Generator(path)`` loads it (EMA weights unless ``raw``) onto ``device``
-    (default CUDA when present) in ``precision`` (default bf16 on GPUs, fp32 on the CPU); calling it makes images."""
+    (default CUDA when present) in ``precision`` (default bf16 on GPUs, fp32 on the CPU; the weights of the layers
+    autocast runs in half precision are stored so unless ``cast_weights=False``); calling it makes images."""
 
     def __init__(self, path, *, raw: bool = False, device=None, precision: str | None = None,
-                 compile: str = "none", compile_scope: str = "blocks"):
+                 compile: str = "none", compile_scope: str = "blocks", cast_weights: bool = True,
+                 purpose: str = "plan"):
         self.path = Path(path)
         ck = read(path)
         exported = ck["extra"].get("export")
@@ -70,12 +73,15 @@ class Generator:
         self.step, self.samples = self.networks[last]["step"], self.networks[last]["samples"]
         family = FAMILIES.get(self.family)
         if family is not None:  # (bundle_of names an unknown one)
+            if not hasattr(family.GENERATOR, purpose):  # before anything is built (or warned about)
+                able = " or ".join(n for n, f in FAMILIES.items() if hasattr(f.GENERATOR, purpose))
+                raise CLIError(f"{path} is a {self.family} checkpoint; only {able} checkpoints can {purpose}")
             family.GENERATOR.check(ck, path)
         bundle = bundle_of(ck, path, raw)
         self.cfg = bundle.cfg
         self.device = pick_device(device) if not isinstance(device, torch.device) else device
         self.precision = check_precision(precision or sampling_precision(self.device), self.device)
-        self.impl = family.GENERATOR(bundle, self.device, self.precision, compile, compile_scope)
+        self.impl = family.GENERATOR(bundle, self.device, self.precision, compile, compile_scope, cast_weights)
         self._hash = None
 
     def plan(self, seed: int = 0, batch_size: int = 1, **settings):
@@ -86,10 +92,12 @@ class Generator:
     def __call__(self, images=None, *, seed: int = 0, batch_size: int = 1, output: str = "pil",
                  progress: bool = False, **settings):
         """Images ``images`` (a count n for images 0..n-1, or a list of image numbers; default one per given code, or
-        one) of ``seed``: a list of PIL images, or with ``output='tensor'`` one (n, 3, H, W) tensor in [-1, 1]."""
+        one) of ``seed``: a list of PIL images, or with ``output='tensor'`` one (n, 3, H, W) tensor in [-1, 1].
+        ``progress``: a bar over the batches, and over the steps of a batch that takes longer than 10 s."""
         if output not in OUTPUTS:
             raise CLIError(f"output {output!r}: choose pil or tensor")
         plan = self.plan(seed=seed, batch_size=batch_size, **settings)
+        plan.step_bar = STEP_BAR_AFTER if progress else False
         images = plan.default_images if images is None else images
         ks = list(range(images)) if isinstance(images, int) else [int(k) for k in images]
         if not ks or min(ks) < 0:
@@ -99,6 +107,20 @@ class Generator:
             out.append(plan.make(ks[start:start + batch_size]))
         x = torch.cat(out)
         return x if output == "tensor" else [to_pil(img) for img in x]
+
+    def paint(self, mode: str, image, *, output: str = "pil", **settings):
+        """Patch-DM in- or outpainting (paint.py's modes and flags as keywords: mask, canvas, place, num, seed, code,
+        fit_steps, fit_lr, resample, sampler, steps, cfg_scale, wrap, bands, seamless...): a list of PIL images, or
+        tensors (3, h, w) in [-1, 1]; result k is paint.py's NAME_k.png.
+
+            gen.paint("inpaint", "photo.png", mask="hole.png", num=2)
+            gen.paint("outpaint", "photo.png", canvas="512x2048", place="0,0", wrap="x")
+        """
+        if not hasattr(self.impl, "paint"):
+            raise CLIError(f"{self.path} is a {self.family} checkpoint; only patchdm checkpoints can paint")
+        if output not in OUTPUTS:
+            raise CLIError(f"output {output!r}: choose pil or tensor")
+        return [x if output == "tensor" else to_pil(x) for x in self.impl.paint(mode, image, **settings)]
 
     def checkpoint_hash(self) -> str:
         """sha256 of the checkpoint file (of an exported folder: of its weights file), computed once."""

@@ -1,12 +1,22 @@
-"""The project's error types and how the command lines report them: one line on stderr and exit status 2, whatever
-raised them and wherever (DataLoader workers included). Python users catch ``UserError`` (or a subclass)."""
+"""The project's error and warning types and how the command lines report them: one line on stderr and exit status
+2, whatever raised them and wherever (DataLoader workers included); a warning as one 'warning: ...' line. Python
+users catch ``UserError`` (or a subclass) and filter or record ``ProjectWarning`` with the ``warnings`` module."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
 import sys
+import warnings
 
+
+class ProjectWarning(UserWarning):
+    """Something the user should know that does not stop the work (a young EMA, a skipped image)."""
+
+
+def warn(message: str) -> None:
+    """Issue a ProjectWarning from library code (``warnings``; the command lines print it as one line)."""
+    warnings.warn(message, ProjectWarning, stacklevel=3)
 
 
 class UserError(Exception):
@@ -43,10 +53,21 @@ def one_line(e: BaseException) -> str:
 
 
 def run_cli(main, argv=None) -> int:
-    """Call main(argv). User errors print 'error: ...' on stderr (one line) and return 2; Ctrl-C prints one line
-    and returns 130 (the scripts clean up what they were writing before the interrupt reaches here)."""
+    """Call main(argv). User errors print 'error: ...' on stderr (one line) and return 2; ProjectWarnings print
+    'warning: ...' (one line each, every time); Ctrl-C prints one line and returns 130 (the scripts clean up what they were writing before the interrupt reaches here)."""
     try:
-        return main(argv) or 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", ProjectWarning)
+            default = warnings.showwarning
+
+            def show(message, category, filename, lineno, file=None, line=None):
+                if issubclass(category, ProjectWarning):
+                    print(f"warning: {message}", file=sys.stderr)
+                else:
+                    default(message, category, filename, lineno, file, line)
+
+            warnings.showwarning = show
+            return main(argv) or 0
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2

@@ -200,3 +200,53 @@ def test_generation_json_records_how_images_were_made(patchdm, tmp_path):
     assert rec["precision"] == "fp32" and rec["image_size"] == [16, 24] and rec["guidance"] == 0.0
     assert rec["images"] == 2 and rec["networks"]["denoiser"]["step"] == 3
     assert "commit" in rec
+
+
+def test_young_ema_is_a_python_warning_and_a_cli_line(patchdm, tmp_path, capsys):
+    import warnings
+    from runtime.errors import ProjectWarning
+    _, full = patchdm
+    with pytest.warns(ProjectWarning, match="still holds 100% of the initial weights"):
+        Generator(full, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProjectWarning)
+        Generator(full, raw=True, device="cpu")  # the raw weights: nothing to warn about
+    cli_pngs(full, tmp_path / "o", "--img_num", "1", *PATCHDM_FLAGS)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "still holds" in line]
+    assert len(lines) == 2 and all(line.startswith("warning: ") for line in lines)  # denoiser and latent MLP
+
+
+def test_a_long_batch_shows_its_steps(capsys):
+    """run_steps' progress: True shows the step bar, False none, a number only once the steps take that long."""
+    from diffusion import FlowProcess
+    from diffusion.samplers import run_steps
+    import time
+    process = FlowProcess(3)
+
+    def slow(x, i):  # a step that takes longer than tqdm's refresh interval
+        time.sleep(0.12)
+        return x
+
+    for progress, shown in [(True, True), (False, False), (1e6, False), (1e-3, True)]:
+        run_steps(slow, torch.zeros(1), process, progress, desc="steps")
+        assert ("steps" in capsys.readouterr().err) is shown, progress
+
+
+def test_api_paint_is_paint_py(patchdm, tmp_path):
+    from PIL import Image
+    train_ck, _ = patchdm
+    gen = Generator(train_ck, raw=True, device="cpu", cast_weights=False)
+    h, w = gen.cfg.sampling.image_size
+    Image.fromarray(((torch.arange(h * w * 3) * 7919) % 256).reshape(h, w, 3).byte().numpy()).save(tmp_path / "i.png")
+    mask = torch.zeros(h, w, dtype=torch.uint8)
+    mask[4:12, 8:16] = 255
+    Image.fromarray(mask.numpy()).save(tmp_path / "m.png")
+    flags = dict(mask=str(tmp_path / "m.png"), num=2, seed=1, fit_steps=2, steps=4, resample=2)
+    assert run_cli(load_script("paint").main, ["inpaint", "-f", str(train_ck), "-i", str(tmp_path / "i.png"), "-m",
+                                              flags["mask"], "-o", str(tmp_path / "o.png"), "--num", "2", "--seed",
+                                              "1", "--fit_steps", "2", "--steps", "4", "--resample", "2", "--raw",
+                                              "--device", "cpu"]) == 0
+    images = gen.paint("inpaint", str(tmp_path / "i.png"), progress=False, **flags)
+    assert [png_bytes(img) for img in images] == [(tmp_path / f"o_{k}.png").read_bytes() for k in range(2)]
+    with pytest.raises(UserError, match="one-step sampler"):
+        gen.paint("inpaint", str(tmp_path / "i.png"), mask=flags["mask"], sampler="dpmpp2m")

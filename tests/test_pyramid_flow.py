@@ -292,7 +292,7 @@ def test_bad_input_gets_one_line(tiny_ae, tmp_path, capsys, photos):
         (test.main, ["-f", str(full), "-g", str(tmp_path / "o3"), "--sampler", "ddim", "--raw"], "euler, heun or rk45"),
         (test.main, ["-f", str(full), "-g", str(tmp_path / "o4"), "--image_size", "15x24", "--raw"], "image size"),
         (load_script("paint").main, ["outpaint", "-f", str(full), "-i", str(photos / "img0.jpg"), "--canvas",
-                                     "32x64", "-o", str(tmp_path / "o5.png")], "paint.py in- and outpaints"),
+                                     "32x64", "-o", str(tmp_path / "o5.png")], "only patchdm checkpoints can paint"),
     ]
     for main, argv, words in cases:
         capsys.readouterr()

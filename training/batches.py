@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-import sys
 
 from runtime import dist as D
 from runtime.data import SkipUnreadable, StepBatchSampler, make_loader
-from runtime.errors import CLIError, children_ignore_sigint
+from runtime.errors import CLIError, children_ignore_sigint, warn
 
 
 def local_batch(batch_size: int, d: D.Dist) -> int:
@@ -43,7 +42,7 @@ class ImageBatches:
         events = []
         for problem in set(problems) - self.unreadable - {""}:  # the loader put the next readable image in its place
             self.unreadable.add(problem)
-            print(f"warning: skipped an unreadable image ({problem}); {len(self.unreadable)} so far", file=sys.stderr)
+            warn(f"skipped an unreadable image ({problem}); {len(self.unreadable)} so far")
             events.append(dict(skipped_image=problem, skipped_images=len(self.unreadable)))
         return x, index, events
 

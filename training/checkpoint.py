@@ -15,10 +15,9 @@ families register (``read``).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from runtime.errors import CheckpointError
+from runtime.errors import CheckpointError, warn
 from runtime.files import atomic_save
 from runtime.safe_load import read_checkpoint
 from .export import read_folder
@@ -78,7 +77,7 @@ def weights(ck: dict, name: str, raw: bool, path) -> dict:
 
 
 def warn_young_ema(path, step, section, what: str = "", limit: float = 0.05) -> None:
-    """Say so on stderr when an EMA still holds more than ``limit`` of the initial weights (the product of its
+    """Warn (runtime.errors.warn) when an EMA still holds more than ``limit`` of the initial weights (the product of its
     decays, training/recipe.py, of the training config ``section``): with zero-initialised output layers such weights
     sample noise (Patch-DM's official constant 0.9999 needs ~30k steps)."""
     if step is None:
@@ -87,6 +86,6 @@ def warn_young_ema(path, step, section, what: str = "", limit: float = 0.05) -> 
     left = schedule.initial_share(step)
     if left > limit:
         kind = f"decay {schedule.decay}" if schedule.kind == "constant" else f"{schedule.kind} schedule"
-        print(f"warning: {path}{what} is at step {step}; its EMA ({kind}) still holds {left:.0%} of the "
-              "initial weights, so samples from it can be noise. Use the raw weights (test.py / paint.py --raw, "
-              "train_latent.py --weights raw) or train longer.", file=sys.stderr)
+        warn(f"{path}{what} is at step {step}; its EMA ({kind}) still holds {left:.0%} of the initial weights, so "
+             "samples from it can be noise. Use the raw weights (test.py / paint.py --raw, train_latent.py --weights "
+             "raw; raw=True in Python) or train longer.")

@@ -19,6 +19,7 @@ from runtime.images import read_rgb
 from .cli import check_sampler, parse_bands, seamless_option
 from .denoiser import CanvasOptions, Denoiser
 from .fast import cast_weights, speed_up
+from .paint import paint
 from .sampling import bundle_codes, per_image_noise, sample_canvas, sampling_process
 from .seamless import evaluations as seamless_evaluations
 
@@ -74,13 +75,19 @@ class PatchDMGenerator:
     def check(ck: dict, path) -> None:
         """Every Patch-DM checkpoint can generate (one without a latent model from given codes)."""
 
-    def __init__(self, bundle, device, precision: str, compile: str = "none", compile_scope: str = "blocks"):
+    def __init__(self, bundle, device, precision: str, compile: str = "none", compile_scope: str = "blocks",
+                 cast: bool = True):
         self.bundle, self.device, self.precision = bundle, torch.device(device), precision
-        self.cfg = bundle.cfg
+        self.cfg, self.cast = bundle.cfg, cast and precision != "fp32"
         # cast_weights: the same function in less memory
-        self.unet = speed_up(cast_weights(bundle.net.to(self.device), precision), compile, scope=compile_scope)
+        net = bundle.net.to(self.device)
+        self.unet = speed_up(cast_weights(net, precision) if cast else net, compile, scope=compile_scope)
         self.latent = None if self.cfg.model.code_source == "none" or bundle.latent is None \
             else bundle.latent.to(self.device)
+
+    def paint(self, mode: str, image, **settings):
+        """In- or outpainting results (model/patchdm/paint.py ``paint``), one by one."""
+        return paint(self, mode, image, **settings)
 
     def plan(self, seed: int = 0, image_size=None, sampler: str | None = None, steps: int | None = None,
              batch_size: int = 1, **options) -> "Plan":
@@ -129,6 +136,7 @@ class Plan:
     codes: object
     opts: CanvasOptions
     process: object
+    step_bar: bool | float = False  # a bar over the steps of a batch (run_steps' progress)
 
     def make(self, ks) -> torch.Tensor:
         g, cfg = self.gen, self.gen.cfg
@@ -141,7 +149,7 @@ class Plan:
             code = bundle_codes(g.bundle, torch.stack(z_T).to(g.device), self.latent_steps, self.latent_sampler)
         with torch.no_grad(), autocast(g.device, g.precision):
             x = sample_canvas(Denoiser(g.unet, cfg.model.patch_size, cfg.model.collage), torch.stack(x_T).to(g.device),
-                              code, self.process, self.sampler, self.opts)
+                              code, self.process, self.sampler, self.opts, progress=self.step_bar)
         return x.float().cpu()
 
     @property

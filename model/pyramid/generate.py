@@ -26,7 +26,8 @@ class PyramidGenerator:
             raise CLIError(f"{path} is a pyramid autoencoder checkpoint: run train_latent.py -m {path} for a flow "
                            "model to sample with, or give --reconstruct DIR to reconstruct images with it")
 
-    def __init__(self, bundle, device, precision: str, compile: str = "none", compile_scope: str = "blocks"):
+    def __init__(self, bundle, device, precision: str, compile: str = "none", compile_scope: str = "blocks",
+                 cast: bool = True):
         if compile != "none":
             raise CLIError("--compile is a Patch-DM option; a pyramid checkpoint samples eagerly")
         self.bundle, self.device, self.precision, self.cfg = bundle, torch.device(device), precision, bundle.cfg
@@ -60,12 +61,13 @@ class Plan:
     shapes: list
     nfes: list = field(default_factory=list)
     default_images: int = 1
+    step_bar: bool | float = False  # a bar over the steps of a batch (run_steps' progress)
 
     def make(self, ks) -> torch.Tensor:
         g = self.gen
         noise = tuple(torch.stack(n).to(g.device) for n in zip(*(image_noise(self.seed, k, self.shapes) for k in ks)))
         with autocast(g.device, g.precision):
-            img, nfe = generate(g.bundle, noise, self.sampler, self.steps)
+            img, nfe = generate(g.bundle, noise, self.sampler, self.steps, self.step_bar)
         self.nfes.append(nfe)
         return img.float().cpu()
 

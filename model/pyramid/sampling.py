@@ -44,7 +44,7 @@ def image_noise(seed: int, k: int, shapes: list) -> tuple:
 
 @torch.no_grad()
 def sample_latents(flow, noise: tuple, sampler: str, steps: int, eps: float, rtol: float = 1e-5,
-                   atol: float = 1e-5) -> tuple:
+                   atol: float = 1e-5, progress: bool | float = False) -> tuple:
     """Noise (a tuple of (B, C, h, w), finest first) -> (the autoencoder's latents, evaluations per image): the flow
     model's ODE from t = 1 - eps to 0 with euler or heun over ``steps`` steps, or rk45 (adaptive; ``steps`` unused),
     then the latent scales undone."""
@@ -56,15 +56,18 @@ def sample_latents(flow, noise: tuple, sampler: str, steps: int, eps: float, rto
     if sampler == "rk45":
         z, nfe = rk45(model_fn, noise, process, rtol, atol)
     else:
-        z, nfe = S.sample(sampler, model_fn, noise, process, clip_x0=False), S.evaluations(sampler, steps)
+        z = S.sample(sampler, model_fn, noise, process, clip_x0=False, progress=progress)
+        nfe = S.evaluations(sampler, steps)
     return flow.scaler.unscale(z), nfe
 
 
 @torch.no_grad()
-def generate(bundle, noise: tuple, sampler: str | None = None, steps: int | None = None) -> tuple:
+def generate(bundle, noise: tuple, sampler: str | None = None, steps: int | None = None,
+             progress: bool | float = False) -> tuple:
     """(images (B, 3, H, W) in [-1, 1], evaluations per image) of a full checkpoint's Bundle from its noise (one
-    tensor per latent, ``image_noise``); sampler and steps default to the checkpoint's sampling settings."""
+    tensor per latent, ``image_noise``); sampler and steps default to the checkpoint's sampling settings; progress
+    as diffusion.samplers.run_steps."""
     s = bundle.cfg.sampling
     z, nfe = sample_latents(bundle.flow, noise, sampler or s.sampler, steps or s.steps, bundle.cfg.flow_training.eps,
-                            s.rtol, s.atol)
+                            s.rtol, s.atol, progress)
     return bundle.autoencoder.decode(list(z)).clamp(-1, 1), nfe
