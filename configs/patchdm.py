@@ -174,7 +174,8 @@ def _small() -> PatchDMConfig:
 
 # The small preset's training recipe for the v objective, beyond the paper (docs/EVALUATION.md, "Faster training"): a
 # new small v run starts from it (train.py, before --set); eps and flow keep the paper's recipe.
-SMALL_RECIPE = {"t_sampling": "logit_normal", "t_mean": 0.0, "t_std": 1.0, "ema_schedule": "power", "ema_std": 0.05}
+SMALL_RECIPE = {"t_sampling": "logit_normal", "t_mean": 0.0, "t_std": 1.0, "ema_schedule": "power", "ema_std": 0.05,
+                "lr": 1e-3}
 SMALL_RECIPE_OBJECTIVES = ("v",)
 
 

@@ -3,8 +3,9 @@
     python scripts/quickstart.py -i my_photos/ -o qs                  # CPU-sized: small preset, v objective
     python scripts/quickstart.py -i my_photos/ -o qs --clip_pretrained none --steps 1000   # no CLIP weights here
 
-Beyond the paper: the defaults (small preset, 64x128 images, patch 16, the v objective, raw weights, seamless
-sampling) are what gives images on a 2-core CPU in minutes (docs/EVALUATION.md, "Objectives on real photos"); the paper's recipe is train.py
+Beyond the paper: the defaults (small preset, 64x128 images, patch 16, the v objective with the small preset's
+faster recipe, whose EMA weights sample well from the start; raw weights where the EMA is still young, as with eps or
+flow; seamless sampling) are what gives images on a 2-core CPU in minutes (docs/EVALUATION.md, "Objectives on real photos"); the paper's recipe is train.py
 with a paper preset and the eps objective (README, "Quick start"). Each step is the project's own command line, run
 only when its result is missing, so re-running the same command continues an interrupted chain (train.py resumes)
 and never replaces anything already made. Writes into OUT/:
@@ -12,7 +13,7 @@ and never replaces anything already made. Writes into OUT/:
   photos.lmdb/        img2lmdb.py --config PRESET --format raw
   codes.pt            initialize.py (CLIP image embeddings; random ones with --clip_pretrained none)
   runs/patchdm/       train.py --objective OBJECTIVE (checkpoints/last.pt, stats.jsonl, EMA previews)
-  runs/latent/        train_latent.py --weights raw --objective v --znormalize (the full checkpoint test.py
+  runs/latent/        train_latent.py --weights ema|raw --objective v --znormalize (the full checkpoint test.py
                       samples with)
   conditional/        test.py --codes 0,1,...: each training image's code, k.png next to real_k.png
   unconditional/      test.py: codes sampled by the latent model
@@ -70,22 +71,34 @@ def main() -> int:
     run(["train.py", "--config", args.config, "-d", lmdb, "--semantic_path", codes, "-n", "patchdm",
          "--objective", args.objective, "-b", batch, "--max_steps", args.steps, "--runs_dir", runs,
          "--log_every", 100, *seamless, *dev])
+    weights = "ema" if usable_ema(runs / "patchdm", args.steps) else "raw"
+    raw = ["--raw"] if weights == "raw" else []
     full = runs / "latent" / "checkpoints" / "last.pt"
     znorm = ["--znormalize"] if len(data) > 1 else []  # a standard deviation needs two codes
-    run(["train_latent.py", "-m", ckpt, "-n", "latent", "--weights", "raw", "--max_steps", args.latent_steps,
+    run(["train_latent.py", "-m", ckpt, "-n", "latent", "--weights", weights, "--max_steps", args.latent_steps,
          "--objective", args.latent_objective, *znorm, "--runs_dir", runs, *dev])
     shown = list(range(min(len(data), 8)))
-    run(["test.py", "-f", ckpt, "-g", out / "conditional", "--codes", ",".join(map(str, shown)), "--raw",
+    run(["test.py", "-f", ckpt, "-g", out / "conditional", "--codes", ",".join(map(str, shown)), *raw,
          "-b", len(shown), "--skip_existing", *dev])
     from runtime.files import save_png
     for k in shown:
         if not (out / "conditional" / f"real_{k}.png").exists():
             save_png(data[k][0], out / "conditional" / f"real_{k}.png")
-    run(["test.py", "-f", full, "-g", out / "unconditional", "--img_num", args.num, "--raw", "-b", min(8, args.num),
+    run(["test.py", "-f", full, "-g", out / "unconditional", "--img_num", args.num, *raw, "-b", min(8, args.num),
          "--skip_existing", *dev])
     print(f"done: {out / 'conditional'} (k.png from the code of training image k, real_k.png beside it), "
           f"{out / 'unconditional'}")
     return 0
+
+
+def usable_ema(run: Path, steps: int) -> bool:
+    """Whether the run's EMA holds at most 5% of the initial weights after ``steps`` (the test.py warning's limit):
+    the small v recipe's power-function EMA does from the start, the paper's constant EMA does not at CPU budgets."""
+    import json
+    from configs import from_dict
+    from training.recipe import YOUNG_EMA, EMASchedule
+    cfg = from_dict(json.loads((run / "config.json").read_text()))
+    return EMASchedule.of(cfg.training).initial_share(steps) <= YOUNG_EMA
 
 
 if __name__ == "__main__":

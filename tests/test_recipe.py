@@ -373,7 +373,8 @@ def _dry(capsys, *argv):
 def test_a_new_small_v_run_takes_the_small_recipe_and_set_still_wins(capsys):
     from configs.patchdm import SMALL_RECIPE, SMALL_RECIPE_OBJECTIVES
     assert SMALL_RECIPE_OBJECTIVES == ("v",)
-    assert (SMALL_RECIPE["ema_schedule"], SMALL_RECIPE["t_sampling"]) == ("power", "logit_normal")
+    assert (SMALL_RECIPE["ema_schedule"], SMALL_RECIPE["t_sampling"], SMALL_RECIPE["lr"]) == \
+        ("power", "logit_normal", 1e-3)
     got = _dry(capsys, "--objective", "v")
     assert {k: got[k] for k in SMALL_RECIPE} == SMALL_RECIPE
     assert _dry(capsys, "--objective", "v", "--set", "training.ema_schedule=constant")["ema_schedule"] == "constant"

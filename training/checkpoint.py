@@ -21,7 +21,7 @@ from runtime.errors import CheckpointError, warn
 from runtime.files import atomic_save
 from runtime.safe_load import read_checkpoint
 from .export import read_folder
-from .recipe import EMASchedule
+from .recipe import YOUNG_EMA, EMASchedule
 
 FORMAT = "checkpoint-v2"
 
@@ -76,7 +76,7 @@ def weights(ck: dict, name: str, raw: bool, path) -> dict:
     return sd
 
 
-def warn_young_ema(path, step, section, what: str = "", limit: float = 0.05) -> None:
+def warn_young_ema(path, step, section, what: str = "", limit: float = YOUNG_EMA) -> None:
     """Warn (runtime.errors.warn) when an EMA still holds more than ``limit`` of the initial weights (the product of its
     decays, training/recipe.py, of the training config ``section``): with zero-initialised output layers such weights
     sample noise (Patch-DM's official constant 0.9999 needs ~30k steps)."""

@@ -16,6 +16,11 @@ import numpy as np
 import torch
 
 
+# An EMA that still holds more than this share of the initial weights samples noise (test.py warns, the quick start
+# takes the raw weights instead).
+YOUNG_EMA = 0.05
+
+
 @lru_cache(maxsize=None)
 def power_gamma(std: float) -> float:
     """EDM2's power-function exponent gamma of an EMA whose profile has relative standard deviation ``std``: the root
