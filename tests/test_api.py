@@ -63,7 +63,7 @@ def test_api_images_are_test_py_pngs_patchdm(patchdm, tmp_path):
     images = gen(3, batch_size=2, **PATCHDM_SETTINGS)
     assert [png_bytes(img) for img in images] == [pngs[f"{k}.png"] for k in range(3)]
     # image numbers pick images out of the same sequence; tensors are the same images
-    picked = gen([2, 0], **PATCHDM_SETTINGS)
+    picked = gen([2, 0], batch_size=2, **PATCHDM_SETTINGS)
     assert [png_bytes(img) for img in picked] == [pngs["2.png"], pngs["0.png"]]
     x = gen(1, output="tensor", **PATCHDM_SETTINGS)
     assert x.shape == (1, 3, *gen.cfg.sampling.image_size) and -1 <= float(x.min()) and float(x.max()) <= 1
