@@ -370,17 +370,19 @@ def _dry(capsys, *argv):
     return json.loads(capsys.readouterr().out)["training"]
 
 
-def test_a_new_small_v_run_takes_the_small_recipe_and_set_still_wins(capsys):
-    from configs.patchdm import SMALL_RECIPE, SMALL_RECIPE_OBJECTIVES
-    assert SMALL_RECIPE_OBJECTIVES == ("v",)
-    assert (SMALL_RECIPE["ema_schedule"], SMALL_RECIPE["t_sampling"], SMALL_RECIPE["lr"]) == \
-        ("power", "logit_normal", 1e-3)
-    got = _dry(capsys, "--objective", "v")
-    assert {k: got[k] for k in SMALL_RECIPE} == SMALL_RECIPE
-    assert _dry(capsys, "--objective", "v", "--set", "training.ema_schedule=constant")["ema_schedule"] == "constant"
+@pytest.mark.parametrize("objective,lr", [("v", 1e-3), ("flow", 6e-4)])
+def test_a_new_small_v_or_flow_run_takes_its_small_recipe_and_set_still_wins(capsys, objective, lr):
+    from configs.patchdm import SMALL_RECIPES
+    assert set(SMALL_RECIPES) == {"v", "flow"}
+    recipe = SMALL_RECIPES[objective]
+    assert (recipe["ema_schedule"], recipe["ema_std"], recipe["t_sampling"]) == ("power", 0.05, "logit_normal")
+    got = _dry(capsys, "--objective", objective)
+    assert {k: got[k] for k in recipe} == recipe and got["lr"] == lr
+    assert _dry(capsys, "--objective", objective, "--set", "training.ema_schedule=constant")["ema_schedule"] == \
+        "constant"
 
 
-@pytest.mark.parametrize("objective", [None, "eps", "flow"])
+@pytest.mark.parametrize("objective", [None, "eps"])
 def test_eps_flow_and_a_resumed_small_run_keep_their_recipe(capsys, objective):
     import train
     paper = json.loads(json.dumps(to_dict(get_preset("small"))["training"]))
