@@ -37,6 +37,7 @@ from model import load
 from model.generator import STEP_BAR_AFTER, Generator
 from model.patchdm.cli import add_seamless_args
 from model.patchdm.fast import COMPILE_MODES, COMPILE_SCOPES
+from model.patchdm.generate import OPTIONS as PATCHDM_OPTIONS, code_items
 from model.patchdm.grid import WRAPS
 from model.pyramid.sampling import parse_levels, reconstruct as reconstruct_images
 from runtime import dist as D
@@ -171,16 +172,11 @@ def reconstruct(args, d: D.Dist) -> None:
           + (f" from latents {sorted(keep)}" if keep is not None else ""))
 
 
-# test.py's flags that only Patch-DM takes, with their defaults (left out of the settings of other families)
-PATCHDM_ONLY = {"codes": None, "cfg_scale": None, "latent_sampler": "ddim", "latent_steps": None, "wrap": "",
-                "bands": "auto", "seamless": None, "seamless_views": None, "seamless_below": None}
-
-
 def generate(args, d: D.Dist) -> None:
     """Images 0..img_num-1 of --seed through the Python API (model/generator.py), each written as it is made."""
     device = pick_device(args.device, d.local_rank)
     out = Path(args.output_dir)
-    n_codes = len([s for s in args.codes.split(",") if s.strip()]) if args.codes is not None else 0
+    n_codes = len(code_items(args.codes)) if args.codes is not None else 0
     img_num = args.img_num or n_codes or 50000
     todo = output_plan(out, [f"{k}.png" for k in range(img_num)], args.skip_existing, args.overwrite)[d.rank::d.world]
     D.barrier(d)  # every rank has read the folder before any writes to it
@@ -191,7 +187,8 @@ def generate(args, d: D.Dist) -> None:
     if gen.family == "patchdm" and args.patch_size and args.patch_size != gen.cfg.model.patch_size:
         raise CLIError(f"--patch_size {args.patch_size} does not match the checkpoint's patch size "
                        f"{gen.cfg.model.patch_size}")
-    options = {k: getattr(args, k) for k, default in PATCHDM_ONLY.items()
+    # the flags only Patch-DM takes: every family but Patch-DM is given those set away from their defaults (refused)
+    options = {k: getattr(args, k) for k, default in PATCHDM_OPTIONS.items()
                if gen.family == "patchdm" or getattr(args, k) != default}
     plan = gen.plan(seed=args.seed, image_size=args.image_size, sampler=args.sampler, steps=args.steps,
                     batch_size=args.batch_size, **options)
