@@ -39,8 +39,8 @@ def build_parser():
     return ap
 
 
-def card(name: str, source: str, family: str, cfg, ck: dict, weights: str, dtype: str, facts: list,
-         figures: list) -> str:
+def card(name: str, folder: str, source: str, family: str, cfg, ck: dict, weights: str, dtype: str, facts: list,
+         example: tuple, figures: list) -> str:
     """The model card: what the model is, how it was trained, how to generate with it."""
     nets = ck["networks"]
     rows = [("family", {"patchdm": "Patch-DM (Ding et al., ICLR 2024)",
@@ -52,10 +52,9 @@ def card(name: str, source: str, family: str, cfg, ck: dict, weights: str, dtype
     lines = [f"# {name}", "", f"A {rows[0][1]} model exported on {date.today().isoformat()} from `{source}`.", "",
              "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
     lines += ["## Generate", "", "From the project's folder:", "", "```bash",
-              f"python test.py -f {name} -g samples --img_num 16", "```", "", "```python",
-              "from model.generator import Generator", "", f"gen = Generator({name!r})",
-              "images = gen(4, seed=0)          # PIL images, the same as test.py's 0.png .. 3.png",
-              "```", ""]
+              f"python test.py -f {folder} -g samples {example[0]}", "```", "", "```python",
+              "from model.generator import Generator", "", f"gen = Generator({folder!r})",
+              f"images = gen({example[1]})   # PIL images, the same as test.py's PNGs", "```", ""]
     lines += ["## Measured", ""] + ([f"- {f}" for f in figures] if figures else ["Nothing was given at export."])
     lines += ["", "## Files", "", f"`{CONFIG_FILE}` the training config, `{WEIGHTS_FILE}` the weights, "
               f"`{INFO_FILE}` family, weights and training steps, `{CARD_FILE}` this card.", ""]
@@ -79,8 +78,9 @@ def main(argv=None) -> int:
     nets = {n: (sd, ck["networks"][n]["step"], ck["networks"][n]["samples"]) for n, sd in sds.items()}
     weights = "raw" if args.raw else "ema"
     name = args.name or out.name
-    text = card(name, args.full_path, ck["family"], cfg, {**ck, "networks": {n: ck["networks"][n] for n in sds}},
-                weights, args.dtype, family.card_facts(cfg, ck), args.figures)
+    text = card(name, args.output, args.full_path, ck["family"], cfg,
+                {**ck, "networks": {n: ck["networks"][n] for n in sds}}, weights, args.dtype,
+                family.card_facts(cfg, ck), family.example(cfg, ck), args.figures)
     left_out = write_folder(out, ck["family"], ck["config"], nets, ck["extra"], weights, args.dtype, text)
     size = (out / WEIGHTS_FILE).stat().st_size
     print(f"wrote {out}: {', '.join(nets)} ({weights}, {args.dtype}, {size / 2 ** 20:.1f} MiB)"

@@ -77,6 +77,7 @@ def replacing(path, suffix: str):
         raise write_failed(path, e) from None
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # again: a writer may have made the file anew (safetensors does, private)
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):

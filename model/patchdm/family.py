@@ -12,7 +12,7 @@ from .checkpoint import CODE_DDPM, DENOISER, FAMILY, LEGACY_READERS, bundle_of, 
 from .generate import PatchDMGenerator
 from .training import DenoiserTask
 
-__all__ = ["FAMILY", "LEGACY_READERS", "bundle_of", "TRAIN", "GENERATOR", "export_weights", "card_facts"]
+__all__ = ["FAMILY", "LEGACY_READERS", "bundle_of", "TRAIN", "GENERATOR", "export_weights", "card_facts", "example"]
 
 GENERATOR = PatchDMGenerator  # what model.generator.Generator samples with
 
@@ -71,6 +71,16 @@ def export_weights(ck: dict, path, raw: bool) -> dict:
     if CODE_DDPM in ck["networks"]:
         out[CODE_DDPM] = C.weights(ck, CODE_DDPM, raw, path)
     return out
+
+
+def example(cfg, ck: dict) -> tuple:
+    """(test.py flags, Generator call arguments) of the model card's example: codes of training images where there
+    is no latent model to sample them."""
+    if CODE_DDPM not in ck["networks"] and cfg.model.code_source == "table":
+        return "--codes 0,1,2,3", "codes=[0, 1, 2, 3], seed=0"
+    if CODE_DDPM not in ck["networks"] and cfg.model.code_source == "encoder":
+        return "--codes a.png,b.png", "codes=['a.png', 'b.png'], seed=0"
+    return "--img_num 16", "4, seed=0"
 
 
 def card_facts(cfg, ck: dict) -> list:

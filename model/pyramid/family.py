@@ -8,7 +8,7 @@ from .checkpoint import AUTOENCODER, FAMILY, FLOW, LEGACY_READERS, bundle_of
 from .generate import PyramidGenerator
 from .training import AutoencoderTask
 
-__all__ = ["FAMILY", "LEGACY_READERS", "bundle_of", "TRAIN", "GENERATOR", "export_weights", "card_facts"]
+__all__ = ["FAMILY", "LEGACY_READERS", "bundle_of", "TRAIN", "GENERATOR", "export_weights", "card_facts", "example"]
 
 GENERATOR = PyramidGenerator  # what model.generator.Generator samples with
 
@@ -40,6 +40,11 @@ def export_weights(ck: dict, path, raw: bool) -> dict:
     """{network: state dict} that export.py writes: the autoencoder's and, in a full checkpoint, the flow model's
     (the discriminator only trains)."""
     return {name: C.weights(ck, name, raw, path) for name in (AUTOENCODER, FLOW) if name in ck["networks"]}
+
+
+def example(cfg, ck: dict) -> tuple:
+    """(test.py flags, Generator call arguments) of the model card's example."""
+    return "--img_num 16", "4, seed=0"
 
 
 def card_facts(cfg, ck: dict) -> list:
