@@ -19,7 +19,7 @@ from training.ema import EMA
 from training.loop import LoopSettings, Trainer
 from training.posthoc import combine, reconstruct
 from training.recipe import EMASchedule, lr_scale, power_gamma
-from tests.helpers import losses, train_run
+from tests.helpers import ROOT, losses, train_run
 from tests.test_loop import Toy
 
 
@@ -409,3 +409,20 @@ def test_the_patchdm_window_loss_is_weighted_per_image(tiny_cfg):
     weighted = LossStep(net, p, (h, w), process, weighting=TimeRecipe(weight="min_snr"))(**args)
     w8 = process.min_snr_weight(t, 5.0).float()
     assert all(torch.allclose(weighted[k], plain[k] * w8) for k in plain) and not torch.allclose(w8, torch.ones(2))
+
+
+def test_the_quick_start_samples_the_ema_only_when_it_is_usable(tmp_path):
+    """scripts/quickstart.py: EMA weights for a small v run (power EMA), raw ones where the EMA is still young."""
+    import importlib.util
+    from configs.patchdm import recipe_defaults
+    spec = importlib.util.spec_from_file_location("quickstart", ROOT / "scripts" / "quickstart.py")
+    qs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(qs)
+    for objective, steps, usable in [("v", 2000, True), ("v", 20, True), ("eps", 2000, False), ("eps", 40000, True)]:
+        run = tmp_path / f"{objective}{steps}"
+        run.mkdir()
+        cfg = get_preset("small")
+        cfg.diffusion.objective = objective
+        recipe_defaults(cfg)
+        (run / "config.json").write_text(json.dumps(to_dict(cfg)))
+        assert qs.usable_ema(run, steps) is usable, (objective, steps)
