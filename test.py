@@ -200,7 +200,7 @@ def generate(args, d: D.Dist) -> None:
         atomic_write_text(json.dumps({**gen.record(plan), "images": img_num, "processes": d.world}, indent=2) + "\n",
                           out / "generation.json")
     print(f"{'' if d.world == 1 else f'rank {d.rank}: '}wrote {done} image(s) of {plan.hw[0]}x{plan.hw[1]} to {out}"
-          + getattr(plan, "summary", lambda: "")())
+          + plan.summary())
 
 
 def write_images(todo: list, batch_size: int, out: Path, d: D.Dist, make) -> int:

@@ -175,6 +175,10 @@ class Plan:
                    if s else "")
                 + f", guidance {self.opts.cfg_scale}, {self.gen.precision}")
 
+    def summary(self) -> str:
+        """What the run chose that was not known before it ('' here: Patch-DM's samplers take fixed steps)."""
+        return ""
+
     def settings(self) -> dict:
         s = self.opts.seamless
         return {"image_size": list(self.hw), "sampler": self.sampler, "steps": self.steps,
