@@ -69,8 +69,9 @@ class Generator:
             raw = exported["weights"] == "raw"
         self.family, self.raw = ck["family"], raw
         self.networks = {name: {"step": e["step"], "samples": e["samples"]} for name, e in ck["networks"].items()}
-        last = (ck["training"] or {}).get("network") or next(iter(ck["networks"]))
-        self.step, self.samples = self.networks[last]["step"], self.networks[last]["samples"]
+        # the first network's (Patch-DM's denoiser, the pyramid's autoencoder), as a file and its export both list them
+        first = self.networks[next(iter(self.networks))]
+        self.step, self.samples = first["step"], first["samples"]
         family = FAMILIES.get(self.family)
         if family is not None:  # (bundle_of names an unknown one)
             if not hasattr(family.GENERATOR, purpose):  # before anything is built (or warned about)
