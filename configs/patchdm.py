@@ -59,6 +59,12 @@ class TrainingConfig(Recipe):
     checkpointing: bool = False             # ours: activation checkpointing per block (less memory, same gradients)
     checkpoint_levels: int = 0              # ours: checkpoint only the k highest-resolution U-Net levels (0 = all)
     seed: int = 0                           # official
+    # Training windows (docs/EVALUATION.md, "Training windows"; beyond the paper except the defaults):
+    window_tiles: tuple = (1, 1)            # official: a 2x2-patch window, one collaged tile | (R, C) tiles
+    window_offset: str = "grid"             # official: windows on the patch grid, shared by the batch | "random":
+                                            #   each sample's window at any pixel offset (seamless's geometry)
+    windows_per_image: int = 1              # official: a batch of distinct images | k windows of each image
+    code_lr_scale: float = 1.0              # official: the code table learns at lr | lr x this
 
 
 @dataclass
@@ -245,6 +251,7 @@ def check_patchdm(cfg: PatchDMConfig) -> None:
     c.unit("training", "ema_decay", "cfg_code_drop", "cfg_pos_drop")
     c.one_of("training", "precision", PRECISIONS)
     check_recipe(c, "training")
+    check_windows(c, cfg)
     c.at_least("latent", 1, "hidden", "num_timesteps", "batch_size", "total_samples", "save_every_samples")
     c.at_least("latent", 2, "num_layers")
     c.at_least("latent", 0, "weight_decay", "max_steps")
@@ -265,3 +272,24 @@ def check_patchdm(cfg: PatchDMConfig) -> None:
             s.seamless_views, "is for sampling.seamless average or blend (0: their default)")
     c.check(not s.seamless or m.collage == "feature", "sampling.seamless", s.seamless,
             "moves the feature collage's grid; the pixel-space collages shift their own ('' for off)")
+
+
+WINDOW_OFFSETS = ("grid", "random")
+
+
+def check_windows(c: Checks, cfg: PatchDMConfig) -> None:
+    """The training windows fit the image and the collage (the window options move the feature collage's grid)."""
+    t, m = cfg.training, cfg.model
+    p, (h, w) = m.patch_size, cfg.data.image_size
+    tiles = tuple(t.window_tiles)
+    c.check(len(tiles) == 2 and all(isinstance(k, int) and 1 <= k for k in tiles) and tiles[0] * p <= h
+            and tiles[1] * p <= w, "training.window_tiles", t.window_tiles,
+            f"must be (rows, cols) of at least 1 and at most the image's grid, {h // p}x{w // p}")
+    c.one_of("training", "window_offset", WINDOW_OFFSETS)
+    c.at_least("training", 1, "windows_per_image")
+    c.check(t.batch_size % t.windows_per_image == 0, "training.windows_per_image", t.windows_per_image,
+            f"must divide the batch size {t.batch_size}")
+    c.above("training", 0, "code_lr_scale")
+    official = tiles == (1, 1) and t.window_offset == "grid"
+    c.check(official or m.collage == "feature", "training.window_tiles/window_offset", (tiles, t.window_offset),
+            "move the feature collage's windows; the pixel-space collages keep (1, 1) and grid")

@@ -18,22 +18,28 @@ class StepBatchSampler(Sampler):
     """
 
     def __init__(self, n: int, batch: int, seed: int = 0, rank: int = 0, world: int = 1, start_step: int = 0,
-                 region_of=None):
+                 region_of=None, per_image: int = 1):
         """region_of(step, k) -> a runtime.images.View (or its (top, left, height, width)) of the k-th sample of the
         global batch at ``step``: when given, items are (index, view) so that the dataset loads only that region of
-        each image (Patch-DM's training window; the pyramid autoencoder's random crops)."""
+        each image (Patch-DM's training window; the pyramid autoencoder's random crops). per_image: each image
+        fills that many consecutive samples of a batch (``batch`` a multiple of it; 1: distinct images)."""
         self.n, self.batch, self.seed, self.rank, self.world, self.start = n, batch, seed, rank, world, start_step
-        self.region_of = region_of
-        self.steps_per_epoch = n // (batch * world)
+        self.region_of, self.per_image = region_of, per_image
+        if batch % per_image:
+            raise CLIError(f"a batch of {batch} cannot hold {per_image} samples of each image")
+        self.images = batch // per_image  # distinct images per rank and step
+        self.steps_per_epoch = n // (self.images * world)
         if self.steps_per_epoch == 0:
-            raise CLIError(f"the dataset has {n} images, fewer than one global batch of {batch * world}; "
+            raise CLIError(f"the dataset has {n} images, fewer than one global batch of {self.images * world}; "
                            "lower --batch_size")
 
     def batch_at(self, step: int) -> list:
         epoch, k = divmod(step, self.steps_per_epoch)
         g = rng(self.seed, "order", epoch)
-        start = k * self.batch * self.world + self.rank * self.batch
-        batch = torch.randperm(self.n, generator=g)[start:start + self.batch].tolist()
+        start = k * self.images * self.world + self.rank * self.images
+        batch = torch.randperm(self.n, generator=g)[start:start + self.images].tolist()
+        if self.per_image > 1:
+            batch = [i for i in batch for _ in range(self.per_image)]
         if self.region_of is not None:
             first = self.rank * self.batch
             batch = [(i, self.region_of(step, first + j)) for j, i in enumerate(batch)]

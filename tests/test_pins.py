@@ -53,7 +53,10 @@ def test_training_gives_the_pinned_losses(tmp_path):
     log the losses they logged before, step by step."""
     got = make.train_all(tmp_path, *make.make_data(tmp_path), out=tmp_path / "ckpts")
     for name, want in MANIFEST["losses"].items():
-        assert got[name] == pytest.approx(want, rel=1e-3), name
+        # Another CPU's kernels round differently and 20 optimizer steps amplify it: measured on the 2-core CI CPU
+        # at 1, 2 and 4 threads, the losses are at most 1.7e-3 (relative) from the pins (made on another CPU). A change
+        # of behaviour (another noise, time or window draw) moves them by several percent.
+        assert got[name] == pytest.approx(want, rel=5e-3), name
 
 
 def test_a_run_of_the_first_layout_resumes_exactly(tmp_path):

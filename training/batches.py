@@ -27,15 +27,17 @@ class ImageBatches:
     None: the whole image), and an image that cannot be read is replaced by the next readable one and reported once
     (a warning, and an event for stats.jsonl). The DataLoader starts at the first step asked for."""
 
-    def __init__(self, data, batch: int, seed: int, d: D.Dist, views=None, workers: int = 0, pin: bool = False):
+    def __init__(self, data, batch: int, seed: int, d: D.Dist, views=None, workers: int = 0, pin: bool = False,
+                 per_image: int = 1):
         self.data, self.batch, self.seed, self.d, self.views = data, batch, seed, d, views
+        self.per_image = per_image  # samples of each image in a batch (consecutive; views tell them apart)
         self.workers, self.pin, self.loader, self.unreadable = workers, pin, None, set()
 
     def at(self, step: int) -> tuple:
         """(images, indices, events) of ``step`` (steps are asked for in order)."""
         if self.loader is None:
             sampler = StepBatchSampler(len(self.data), self.batch, self.seed, self.d.rank, self.d.world, step,
-                                       self.views)
+                                       self.views, self.per_image)
             with children_ignore_sigint():  # the workers never see Ctrl-C; this process stops them
                 self.loader = iter(make_loader(SkipUnreadable(self.data), sampler, self.workers, self.pin))
         x, index, problems = next(self.loader)

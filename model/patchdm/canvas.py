@@ -21,16 +21,26 @@ def _per_patch(v: torch.Tensor | None, n: int):
     return None if v is None else v.repeat_interleave(n, dim=0)
 
 
+def grid_origins(grid, origin, b: int, offset: float, device) -> torch.Tensor:
+    """(b*rows*cols, 2) positions of a grid of patches for b images: ``grid_positions`` + ``offset`` + the origin,
+    one (row0, col0) for every image, or a (b, 2) tensor of one origin per image (random-offset training windows,
+    whose origins are fractional: docs/EVALUATION.md, "Training windows")."""
+    pos = grid_positions(*grid, offset=offset, device=device)
+    if torch.is_tensor(origin):
+        return (pos[None] + origin.to(device=device, dtype=torch.float32)[:, None]).reshape(-1, 2)
+    return (pos + torch.tensor(origin, device=device, dtype=torch.float32)).repeat(b, 1)
+
+
 def encode_grid(unet, patches, grid, origin, t, code, pos_keep=None):
     """Encoder half + middle on a padded grid of patches.
 
     patches (B*rows*cols, 3, p, p) ordered (image, row, col); grid (rows, cols); origin (row0, col0) is the padded-grid
-    index of the first patch (integer encoder positions row0+r, col0+c); t (B,); code (B, D);
+    index of the first patch (encoder positions row0+r, col0+c), or a (B, 2) tensor of one origin per image; t (B,);
+    code (B, D);
     pos_keep (B,) or None. Returns (h, skips, emb, code_patch) of the patches.
     """
     b, n = t.shape[0], grid[0] * grid[1]
-    pos = (grid_positions(*grid, device=t.device) + torch.tensor(origin, device=t.device, dtype=torch.float32))
-    emb = unet.embed(_per_patch(t, n), pos.repeat(b, 1), _per_patch(pos_keep, n))
+    emb = unet.embed(_per_patch(t, n), grid_origins(grid, origin, b, 0.0, t.device), _per_patch(pos_keep, n))
     code_p = _per_patch(code, n)
     h, skips = unet.encode(patches, emb, code_p)
     return h, skips, emb, code_p
@@ -45,9 +55,7 @@ def decode_collaged(unet, h, skips, grid, origin, t, code, pos_keep=None):
     b = t.shape[0]
     inner = (grid[0] - 1, grid[1] - 1)
     n = inner[0] * inner[1]
-    pos = grid_positions(*inner, offset=0.5, device=t.device) + torch.tensor(origin, device=t.device,
-                                                                            dtype=torch.float32)
-    emb = unet.embed(_per_patch(t, n), pos.repeat(b, 1), _per_patch(pos_keep, n))
+    emb = unet.embed(_per_patch(t, n), grid_origins(inner, origin, b, 0.5, t.device), _per_patch(pos_keep, n))
     return unet.decode(collage(h, grid), [collage(s, grid) for s in skips], emb, _per_patch(code, n))
 
 

@@ -98,18 +98,51 @@ def window_slice(window, p: int):
     return slice(r * p, (r + 2) * p), slice(c * p, (c + 2) * p)
 
 
-def window_region(window, p: int) -> tuple:
-    """The 2p x 2p window (row, col) of the half-patch-padded canvas as a region (top, left, height, width) of the
+def window_size(p: int, tiles: tuple = (1, 1)) -> tuple:
+    """(height, width) in pixels of a training window of ``tiles`` = (R, C) decoder tiles: (R+1) x (C+1) patches."""
+    return (tiles[0] + 1) * p, (tiles[1] + 1) * p
+
+
+def window_regions(window, p: int, tiles: tuple = (1, 1)) -> list:
+    """The training window(s) as regions (top, left, height, width) of the un-padded image, reaching past its border
+    by up to half a patch (more with random offsets). ``window`` is the official form, (row, col): the top-left
+    padded-grid index shared by the batch (one region), or a (B, 2) integer tensor of each sample's top-left pixel
+    (random-offset windows, one region per sample)."""
+    h, w = window_size(p, tiles)
+    if torch.is_tensor(window):
+        return [(int(y), int(x), h, w) for y, x in window.tolist()]
+    return [(window[0] * p - p // 2, window[1] * p - p // 2, h, w)]
+
+
+def window_region(window, p: int, tiles: tuple = (1, 1)) -> tuple:
+    """The window (row, col) of the half-patch-padded canvas as a region (top, left, height, width) of the
     un-padded image (it reaches past the border by up to half a patch)."""
-    return window[0] * p - p // 2, window[1] * p - p // 2, 2 * p, 2 * p
+    return window_regions(window, p, tiles)[0]
 
 
-def window_crop(x0: torch.Tensor, window, p: int):
-    """The 2p x 2p window (row, col) of the half-patch-padded canvas, and its mask (1 on the image, 0 on padding).
+def window_origin(window, p: int):
+    """The encoder position of the window's first patch: (row, col) itself for the official windows, (B, 2) float
+    (top + p/2) / p for pixel tops (the image-aligned positions of seamless sampling: a patch whose top-left pixel
+    is (y, x) sits at (y / p + 1/2, x / p + 1/2))."""
+    if torch.is_tensor(window):
+        return (window + p // 2).float() / p
+    return window
 
-    x0 (B, C, H, W) -> (B, C, 2p, 2p) and (1, 1, 2p, 2p); only the window is materialised, never the padded canvas.
-    """
-    rows, cols, pad = region_bounds(*x0.shape[-2:], *window_region(window, p))
-    crop = x0[..., rows, cols]
-    mask = torch.ones(1, 1, *crop.shape[-2:], device=x0.device, dtype=x0.dtype)
-    return F.pad(crop, pad), F.pad(mask, pad)
+
+def window_crop(x0: torch.Tensor, window, p: int, tiles: tuple = (1, 1)):
+    """The training window(s) of the half-patch-padded canvas (``window_regions``), and the mask (1 on the image, 0
+    on padding).
+
+    x0 (B, C, H, W) -> (B, C, (R+1)p, (C+1)p) and a mask (1 or B, 1, ...); only the windows are materialised, never
+    the padded canvas."""
+    crops, masks = [], []
+    regions = window_regions(window, p, tiles)
+    for i, region in enumerate(regions):
+        rows, cols, pad = region_bounds(*x0.shape[-2:], *region)
+        crop = x0[..., rows, cols] if len(regions) == 1 else x0[i:i + 1, :, rows, cols]
+        mask = torch.ones(1, 1, *crop.shape[-2:], device=x0.device, dtype=x0.dtype)
+        crops.append(F.pad(crop, pad))
+        masks.append(F.pad(mask, pad))
+    if len(regions) == 1:
+        return crops[0], masks[0]
+    return torch.cat(crops), torch.cat(masks)

@@ -19,7 +19,7 @@ import torch
 from configs import COLLAGES as COLLAGE_NAMES
 from runtime.rng import rng
 from .canvas import canvas_prediction, decode_collaged, encode_grid, shifted_canvas_prediction
-from .grid import crop_half, split
+from .grid import crop_half, split, stitch, window_origin
 from .seamless import combine
 
 
@@ -48,14 +48,27 @@ class FeatureCollage:
         return combine(preds, offsets, opts.seamless, 0, p)
 
     def loss_terms(self, unet, x_t, target, mask, t, window, code, p, pos_keep=None, offset=None):
-        """(shift, noshift) per image for one 2x2 window: x_t, target (B, 3, 2p, 2p) and mask (1 or B, 1, 2p, 2p) are
-        the window of the padded canvas. shift: the collaged pass for the window's centre tile against the centre of
-        ``target``; noshift: ``_plain_term`` over the four window patches, from the same encoder pass."""
-        b = x_t.shape[0]
-        h, skips, emb, code_p = encode_grid(unet, split(x_t, p), (2, 2), window, t, code, pos_keep)
-        noshift = _plain_term(unet, h, skips, emb, code_p, target, mask, p, b)
-        pred = decode_collaged(unet, h, skips, (2, 2), window, t, code, pos_keep)
-        return ((crop_half(target, p) - pred.float()) ** 2).mean(dim=(1, 2, 3)), noshift
+        """(shift, noshift) per image for one window: x_t, target (B, 3, (R+1)p, (C+1)p) and mask (1 or B, 1, ...) are
+        the window of the padded canvas (the paper's: 2x2 patches, R = C = 1). shift: the collaged pass for the
+        window's R x C inner tiles against the centre of ``target``, padding masked out of the mean over all its
+        elements (the paper's centre tile always lies on the image); noshift: ``_plain_term`` over the window's
+        patches, from the same encoder pass. ``window``: (row, col) or the samples' pixel tops (grid.window_origin)."""
+        pred, encoded = self.window_prediction(unet, x_t, t, window, code, p, pos_keep)
+        noshift = _plain_term(unet, *encoded, target, mask, p, x_t.shape[0])
+        err = (crop_half(target, p) - pred.float()) ** 2 * crop_half(mask, p)
+        return err.mean(dim=(1, 2, 3)), noshift
+
+    @staticmethod
+    def window_prediction(unet, x_t, t, window, code, p, pos_keep=None):
+        """The collaged prediction (B, 3, Rp, Cp) of a training window x_t (B, 3, (R+1)p, (C+1)p) at ``window``
+        (grid.window_origin), and its encoder pass (h, skips, emb, code_patch) for the un-shifted term. Tile (i, j)
+        equals the tile of a canvas evaluation whose grid puts it over the same pixels (tests/test_windows.py)."""
+        grid = (x_t.shape[-2] // p, x_t.shape[-1] // p)
+        origin = window_origin(window, p)
+        encoded = encode_grid(unet, split(x_t, p), grid, origin, t, code, pos_keep)
+        h, skips = encoded[:2]
+        pred = stitch(decode_collaged(unet, h, skips, grid, origin, t, code, pos_keep), (grid[0] - 1, grid[1] - 1))
+        return pred, encoded
 
 
 class PixelCollage:

@@ -32,7 +32,7 @@ from .builders import build_latent, build_patchdm
 from .checkpoint import CODE_DDPM, DENOISER, FAMILY, TABLE_KEY, load_code_table
 from .denoiser import CanvasOptions, Denoiser, Window
 from .fast import set_checkpointing
-from .grid import window_crop, window_region
+from .grid import window_crop, window_regions, window_size
 from .modes import collage_mode
 from .sampling import code_process, image_process, sample_canvas
 from .seamless import configured
@@ -59,9 +59,38 @@ def cfg_keep_masks(batch: int, code_drop: float = 0.1, pos_drop: float = 0.5,
 
 
 def window_at(cfg, step: int) -> tuple:
-    """The training window of a step (shared by every rank and sample; the data loader asks for it too)."""
-    h, w = cfg.data.image_size
-    return sample_window(h, w, cfg.model.patch_size, rng(cfg.training.seed, "window", step))
+    """The training window of a step on the patch grid (shared by every rank and sample; the data loader asks for it
+    too): its top-left padded-grid index, with room for its ``training.window_tiles``."""
+    (h, w), p, (rt, ct) = cfg.data.image_size, cfg.model.patch_size, cfg.training.window_tiles
+    return sample_window(h - (rt - 1) * p, w - (ct - 1) * p, p, rng(cfg.training.seed, "window", step))
+
+
+def offset_window(h: int, w: int, p: int, tiles: tuple, generator: torch.Generator | None = None) -> tuple:
+    """A random-offset window (beyond the paper): the top-left pixel (y, x) of the padded window whose R x C collaged
+    tiles start at any pixel (u, v) with every tile row and column on the image, u uniform in -(p-1)..H-1-(R-1)p (so
+    each tile position of a seamless sampling grid, offsets 0..p-1, is drawn alike). The window is the one that
+    grid offset (-u mod p) puts there: sampling and training see the same patches at the same positions."""
+    u = int(torch.randint(-(p - 1), h - (tiles[0] - 1) * p, (1,), generator=generator))
+    v = int(torch.randint(-(p - 1), w - (tiles[1] - 1) * p, (1,), generator=generator))
+    return u - p // 2, v - p // 2
+
+
+def sample_window_at(cfg, step: int, k: int):
+    """The window of sample k of the global batch at ``step``: the step's grid window, or with
+    ``training.window_offset = "random"`` its own pixel top (y, x) drawn from (seed, step, k)."""
+    tc = cfg.training
+    if tc.window_offset != "random":
+        return window_at(cfg, step)
+    return offset_window(*cfg.data.image_size, cfg.model.patch_size, tuple(tc.window_tiles),
+                         rng(tc.seed, "window", step, k))
+
+
+def step_windows(cfg, step: int, first: int, b: int):
+    """The windows of samples first..first+b-1 at ``step``: the shared (row, col) on the grid, or a (b, 2) long
+    tensor of pixel tops (random offsets)."""
+    if cfg.training.window_offset != "random":
+        return window_at(cfg, step)
+    return torch.tensor([sample_window_at(cfg, step, k) for k in range(first, first + b)], dtype=torch.long)
 
 
 def draw(cfg, step: int, rank: int, b: int, world: int, device):
@@ -69,7 +98,8 @@ def draw(cfg, step: int, rank: int, b: int, world: int, device):
     slice of the global batch at ``step``. Also seeds dropout for the step (per rank: the only draw that differs
     with the number of processes)."""
     seed, p = cfg.training.seed, cfg.model.patch_size
-    window = window_at(cfg, step)
+    window = step_windows(cfg, step, rank * b, b)
+    size = window_size(p, tuple(cfg.training.window_tiles))
     g = rng(seed, "timesteps", step)
     mine = slice(rank * b, (rank + 1) * b)
     # the loss times: step indices, or flow times in [0, 1)
@@ -80,9 +110,9 @@ def draw(cfg, step: int, rank: int, b: int, world: int, device):
         masks = (code_keep[mine].to(device), pos_keep[mine].to(device))
     # Deviation: only the window's noise is drawn (the official code draws the whole padded canvas); the loss never
     # sees the rest, so it is the same function.
-    noise = torch.empty(b, 3, 2 * p, 2 * p, device=device)
+    noise = torch.empty(b, 3, *size, device=device)
     for i, j in enumerate(range(rank * b, (rank + 1) * b)):
-        noise[i] = torch.randn(3, 2 * p, 2 * p, generator=rng(seed, "noise", step, j, device=device), device=device)
+        noise[i] = torch.randn(3, *size, generator=rng(seed, "noise", step, j, device=device), device=device)
     offset = None
     if collage_mode(cfg.model.collage).random_offset:  # the shifted crop's offset in the window, shared by the batch
         offset = tuple(torch.randint(p, (2,), generator=rng(seed, "offset", step)).tolist())
@@ -96,25 +126,27 @@ class LossStep(nn.Module):
     """The network plus its window loss as one forward, so DDP sees every parameter use."""
 
     def __init__(self, net, patch_size: int, image_size: tuple, process=None, windowed: bool = False,
-                 collage: str = "feature", weighting: TimeRecipe = TimeRecipe()):
+                 collage: str = "feature", weighting: TimeRecipe = TimeRecipe(), tiles: tuple = (1, 1)):
         super().__init__()
         self.net, self.p, self.image_size, self.windowed = net, patch_size, tuple(image_size), windowed
+        self.tiles = tuple(tiles)
         self.process, self.weighting = process or make_process(), weighting
         self.den = Denoiser(net, patch_size, collage)
 
     def forward(self, x0, index, t, noise, window, code_keep=None, pos_keep=None, offset=None) -> dict:
-        """x0: images (B, 3, H, W), or with ``windowed`` already the 2p x 2p window of the padded images (as the
-        dataset loads them for code-table models); noise (B, 3, 2p, 2p) for the window only.
+        """x0: images (B, 3, H, W), or with ``windowed`` already the window of the padded images (as the dataset
+        loads them for code-table models; 2p x 2p, the paper's, or ``tiles`` + 1 patches); noise for the window only;
+        window: the official (row, col), or the samples' pixel tops (random offsets, grid.window_regions).
         Returns the per-image loss terms {"shift": (B,), "noshift": (B,)}, each weighted by the recipe's loss
         weight of its time (1 for the paper's)."""
         code = self.net.codes(None if self.windowed else x0, index)
         if code_keep is not None:  # Faithful: CFG drops the code by multiplying it by 0
             code = code * code_keep[:, None].to(code.dtype)
         if self.windowed:
-            x0_win, mask_win = x0, window_crop(torch.ones(1, 1, *self.image_size, device=x0.device), window,
-                                               self.p)[0]
+            ones = torch.ones(1 if not torch.is_tensor(window) else len(window), 1, *self.image_size, device=x0.device)
+            x0_win, mask_win = x0, window_crop(ones, window, self.p, self.tiles)[1]
         else:
-            x0_win, mask_win = window_crop(x0, window, self.p)
+            x0_win, mask_win = window_crop(x0, window, self.p, self.tiles)
         shift, noshift = self.den.loss_terms(Window(x0_win, mask_win, noise, window, offset), t, code, self.process,
                                              pos_keep)
         return self.weighting.weigh({"shift": shift, "noshift": noshift}, self.process, t)
@@ -172,8 +204,11 @@ class DenoiserTask(Task):
         p = cfg.model.patch_size
         # Deviation: code-table models only need each image's training window, so the loader reads just that (same
         # pixels; images stay whole for the image encoder, which sees the full image).
-        region = None if self.network.needs_image else (lambda s, k: window_region(window_at(cfg, s), p))
-        self.images = ImageBatches(data, self.b_local, tc.seed, d, region, cfg.data.num_workers, device.type == "cuda")
+        tiles = tuple(tc.window_tiles)
+        region = None if self.network.needs_image else (
+            lambda s, k: window_regions(step_windows(cfg, s, k, 1), p, tiles)[0])
+        self.images = ImageBatches(data, self.b_local, tc.seed, d, region, cfg.data.num_workers, device.type == "cuda",
+                                   tc.windows_per_image)
         self.fixed = None
 
     def settings(self, log_every: int) -> LoopSettings:
@@ -185,22 +220,26 @@ class DenoiserTask(Task):
             grad_clip=tc.grad_clip, precision=tc.precision, desc="train", unit="images", **loop_recipe(tc))
 
     def optimizer(self):
-        tc = self.config.training
-        return adam(self.network.parameters(), tc, tc.weight_decay)
+        tc, net = self.config.training, self.network
+        if tc.code_lr_scale == 1.0 or not net.uses_table:  # the paper's: one group
+            return adam(net.parameters(), tc, tc.weight_decay)
+        table = net.code_source.weight
+        rest = [q for q in net.parameters() if q is not table]
+        return adam([{"params": rest}, {"params": [table], "lr": tc.lr * tc.code_lr_scale}], tc, tc.weight_decay)
 
     def loss_module(self):
         cfg = self.config
         return LossStep(self.network, cfg.model.patch_size, cfg.data.image_size, image_process(cfg.diffusion),
                         windowed=not self.network.needs_image, collage=cfg.model.collage,
-                        weighting=TimeRecipe.of(cfg.training))
+                        weighting=TimeRecipe.of(cfg.training), tiles=tuple(cfg.training.window_tiles))
 
     def batch(self, step: int):
         d, device = self.d, self.device
         x0, index, events = self.images.at(step)
         x0, index = x0.to(device, non_blocking=True), index.to(device, non_blocking=True)
         if self.fixed is None:  # the images whose codes the previews use
-            idx = index[:4].tolist()
-            self.fixed = (torch.stack([self.data[i][0] for i in idx]).to(device), index[:4].clone())
+            idx = list(dict.fromkeys(index.tolist()))[:4]  # distinct images (several windows of each: one)
+            self.fixed = (torch.stack([self.data[i][0] for i in idx]).to(device), torch.tensor(idx, device=device))
             if d.main:
                 save_grid(self.fixed[0], self.run / "samples" / "real.png", ncol=2)
         window, t, noise, (code_keep, pos_keep), offset = draw(self.config, step, d.rank, self.b_local, d.world,
