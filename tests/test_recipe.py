@@ -378,6 +378,7 @@ def test_a_new_small_v_or_flow_run_takes_its_small_recipe_and_set_still_wins(cap
     assert (recipe["ema_schedule"], recipe["ema_std"], recipe["t_sampling"]) == ("power", 0.05, "logit_normal")
     got = _dry(capsys, "--objective", objective)
     assert {k: got[k] for k in recipe} == recipe and got["lr"] == lr
+    assert got["code_lr_scale"] == (30.0 if objective == "v" else 1.0)
     assert _dry(capsys, "--objective", objective, "--set", "training.ema_schedule=constant")["ema_schedule"] == \
         "constant"
 
