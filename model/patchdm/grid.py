@@ -129,20 +129,26 @@ def window_origin(window, p: int):
     return window
 
 
+def window_masks(hw: tuple, window, p: int, tiles: tuple = (1, 1), device=None, dtype=torch.float32):
+    """The mask of the window(s) (``window_regions``) on an H x W image: 1 on the image, 0 on the padding; (1, 1, ...)
+    for the shared official window, (B, 1, ...) for per-sample windows. Only the windows are materialised."""
+    masks = []
+    for region in window_regions(window, p, tiles):
+        rows, cols, pad = region_bounds(*hw, *region)
+        ones = torch.ones(1, 1, rows.stop - rows.start, cols.stop - cols.start, device=device, dtype=dtype)
+        masks.append(F.pad(ones, pad))
+    return masks[0] if len(masks) == 1 else torch.cat(masks)
+
+
 def window_crop(x0: torch.Tensor, window, p: int, tiles: tuple = (1, 1)):
-    """The training window(s) of the half-patch-padded canvas (``window_regions``), and the mask (1 on the image, 0
-    on padding).
+    """The training window(s) of the half-patch-padded canvas (``window_regions``), and their mask
+    (``window_masks``).
 
     x0 (B, C, H, W) -> (B, C, (R+1)p, (C+1)p) and a mask (1 or B, 1, ...); only the windows are materialised, never
     the padded canvas."""
-    crops, masks = [], []
-    regions = window_regions(window, p, tiles)
+    crops, regions = [], window_regions(window, p, tiles)
     for i, region in enumerate(regions):
         rows, cols, pad = region_bounds(*x0.shape[-2:], *region)
-        crop = x0[..., rows, cols] if len(regions) == 1 else x0[i:i + 1, :, rows, cols]
-        mask = torch.ones(1, 1, *crop.shape[-2:], device=x0.device, dtype=x0.dtype)
-        crops.append(F.pad(crop, pad))
-        masks.append(F.pad(mask, pad))
-    if len(regions) == 1:
-        return crops[0], masks[0]
-    return torch.cat(crops), torch.cat(masks)
+        crops.append(F.pad(x0[..., rows, cols] if len(regions) == 1 else x0[i:i + 1, :, rows, cols], pad))
+    mask = window_masks(x0.shape[-2:], window, p, tiles, x0.device, x0.dtype)
+    return (crops[0] if len(crops) == 1 else torch.cat(crops)), mask

@@ -32,7 +32,7 @@ from .builders import build_latent, build_patchdm
 from .checkpoint import CODE_DDPM, DENOISER, FAMILY, TABLE_KEY, load_code_table
 from .denoiser import CanvasOptions, Denoiser, Window
 from .fast import set_checkpointing
-from .grid import window_crop, window_regions, window_size
+from .grid import window_crop, window_masks, window_regions, window_size
 from .modes import collage_mode
 from .sampling import code_process, image_process, sample_canvas
 from .seamless import configured
@@ -143,8 +143,7 @@ class LossStep(nn.Module):
         if code_keep is not None:  # Faithful: CFG drops the code by multiplying it by 0
             code = code * code_keep[:, None].to(code.dtype)
         if self.windowed:
-            ones = torch.ones(1 if not torch.is_tensor(window) else len(window), 1, *self.image_size, device=x0.device)
-            x0_win, mask_win = x0, window_crop(ones, window, self.p, self.tiles)[1]
+            x0_win, mask_win = x0, window_masks(self.image_size, window, self.p, self.tiles, x0.device)
         else:
             x0_win, mask_win = window_crop(x0, window, self.p, self.tiles)
         shift, noshift = self.den.loss_terms(Window(x0_win, mask_win, noise, window, offset), t, code, self.process,
