@@ -138,12 +138,18 @@ def make_parents(path) -> list:
     while parent and not os.path.exists(parent):
         missing.append(parent)
         parent = os.path.dirname(parent)
+    created = []
     for d in reversed(missing):
         try:
             os.mkdir(d)
+        except FileExistsError:
+            if not os.path.isdir(d):
+                raise write_failed(d, "File exists") from None
+            continue  # made meanwhile by another process (the ranks of torchrun): not ours to remove
         except OSError as e:
             raise write_failed(d, e) from None
-    return list(reversed(missing))
+        created.append(d)
+    return created
 
 
 def remove_empty(folders) -> None:
